@@ -1,0 +1,1 @@
+"""A simulated transformer district: virtual meters, buses and PLC router, with faults on demand."""
