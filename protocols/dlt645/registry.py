@@ -852,16 +852,19 @@ def _build() -> dict[tuple[Edition, int], DataItem]:
 #: Items declared one by one; family members are built on first use and kept in _RESOLVED
 #: (a collector uses a few dozen DIs, so the thousands a family spans never sit in memory).
 _EXPLICIT: Final[Mapping[tuple[Edition, int], DataItem]] = _build()
-_RESOLVED: dict[int, DataItem | None] = {}
+_RESOLVED: dict[int, DataItem] = {}
 
 
 def lookup(edition: Edition, di: int) -> DataItem | None:
     item = _EXPLICIT.get((edition, di))
     if item is not None or edition is not Edition.V2007:
         return item
-    if di in _RESOLVED:
-        return _RESOLVED[di]
-    resolved = _RESOLVED[di] = _resolve_family(di)
+    cached = _RESOLVED.get(di)
+    if cached is not None:
+        return cached
+    resolved = _resolve_family(di)
+    if resolved is not None:  # only real family members are kept: the cache stays bounded
+        _RESOLVED[di] = resolved
     return resolved
 
 
@@ -872,9 +875,9 @@ def items(edition: Edition | None = None) -> Iterator[DataItem]:
             yield item
     if edition in (None, Edition.V2007):
         for di in _family_dis():
-            item = _resolve_family(di)
-            assert item is not None
-            yield item
+            member = _resolve_family(di)
+            assert member is not None
+            yield member
 
 
 def find(name_or_di: str, edition: Edition = Edition.V2007) -> DataItem | None:
