@@ -11,7 +11,7 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 
 class _NeedData(enum.Enum):
@@ -58,3 +58,15 @@ class FramerCounters:
             rejected=MappingProxyType(dict(self.rejected)),
             buffered=buffered,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """What a probe found at an offset: a frame, or a rejected candidate with its evidence."""
+
+    protocol: str
+    length: int
+    frame: Any | None = None
+    reason: str = ""
+    detail: str = ""
+    evidence: int = 0

@@ -18,18 +18,9 @@ from protocols.errors import ProtocolError
 
 from .dlt645.frame import decode_frame as decode_645
 from .dlt645.framer import Rejection
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """What a probe found at an offset: a frame, or a rejected candidate with its evidence."""
-
-    protocol: str
-    length: int
-    frame: Any | None = None
-    reason: str = ""
-    detail: str = ""
-    evidence: int = 0
+from .dlt698.sniff import probe_698
+from .framing import Candidate
+from .q13762.sniff import probe_13762
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +64,7 @@ def probe_645(buf: bytes, i: int) -> Candidate | None:
 
 
 def _default_probes() -> list[Probe]:
-    return [probe_645]
+    return [probe_645, probe_13762, probe_698]
 
 
 def scan(data: bytes, probes: Sequence[Probe] | None = None) -> Iterator[Found | Rejected | Noise]:

@@ -48,11 +48,18 @@ def test_defaults() -> None:
 
 
 BAD = [
-    ("missing gateway", "[[bus]]\nname='b'\ndevice='/dev/x'\n", ["amigw.toml: gateway: missing required key"]),
+    (
+        "missing gateway",
+        "[[bus]]\nname='b'\ndevice='/dev/x'\n",
+        ["amigw.toml: gateway: missing required key"],
+    ),
     (
         "missing keys",
         "[gateway]\nid='g'\n[[bus]]\nname='b'\n[[meter]]\nbus='b'\n",
-        ["amigw.toml: bus[0].device: missing required key", "amigw.toml: meter[0].address: missing required key"],
+        [
+            "amigw.toml: bus[0].device: missing required key",
+            "amigw.toml: meter[0].address: missing required key",
+        ],
     ),
     (
         "wrong types",

@@ -192,3 +192,27 @@ def test_cli_text_output_names_every_field(capsys: pytest.CaptureFixture[str]) -
     assert "voltage_a                  225.6 V" in out
     assert "voltage_b                  absent" in out
     assert "address                    201000000012" in out
+
+
+OTHER = corpus_frames("q1376.2", "dlt698.45")
+
+
+@pytest.mark.parametrize("entry", OTHER, ids=frame_id)
+def test_cli_decodes_1376_and_698_frames(
+    entry: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["decode", "--json", entry["hex"]])
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert records[0]["protocol"] == entry["protocol"]
+    if entry["checksum_ok"]:
+        assert status == 0
+        assert len(records) == 1
+        assert records[0]["error"] is None
+        if "C" in entry["decoded"]:
+            assert records[0]["control"] == entry["decoded"]["C"]
+        if "afn" in entry["decoded"]:
+            assert records[0]["afn"] == entry["decoded"]["afn"]
+            assert records[0]["fn"] == entry["decoded"]["fn"]
+    else:
+        assert status == 65
+        assert isinstance(records[0]["error"], str)

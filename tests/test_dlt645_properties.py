@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 from hypothesis import HealthCheck, given, settings
@@ -21,9 +22,11 @@ from protocols.dlt645 import (
     encode_frame,
     items,
 )
+from protocols.dlt645.describe import describe_frame
 from protocols.dlt645.formats import Repeated
 from protocols.dlt645.messages import READ_REQUEST_2007, READ_RESPONSE_2007
 from protocols.dlt645.registry import DataItem
+from protocols.render import dumps
 
 from .strategies import normalise, random_record, record_strategy
 
@@ -152,3 +155,16 @@ def test_read_fast_path_matches_the_declared_layouts(data: bytes, response: bool
         body = READ_REQUEST_2007.parse(data)
         assert isinstance(msg, ReadRequest)
         assert (msg.di, msg.extra) == (body.di, body.extra)
+
+
+@settings(max_examples=500)
+@given(st.integers(0, 255), st.binary(max_size=40))
+def test_describe_never_raises_on_what_a_peer_sends(control: int, data: bytes) -> None:
+    """Any envelope-valid frame, whatever its control code and data, is described: content
+    that does not decode is reported under ``error``, never raised."""
+    frame = decode_frame(
+        encode_frame(Frame(Address("000000000001"), Control.from_byte(control), data))
+    )
+    described = describe_frame(frame)
+    assert described["control"] == f"{control:02X}"
+    json.loads(dumps(described))

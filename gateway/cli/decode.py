@@ -14,6 +14,8 @@ import sys
 from typing import Any, TextIO
 
 from protocols.dlt645.describe import describe_frame as describe_645
+from protocols.dlt698.describe import describe_frame as describe_698
+from protocols.q13762.describe import describe_frame as describe_13762
 from protocols.render import dumps, plain
 from protocols.sniff import Found, Noise, Rejected, scan
 
@@ -57,7 +59,11 @@ def register(sub: Any) -> None:
 
 
 def describe(found: Found) -> dict[str, Any]:
-    return describe_645(found.frame)
+    if found.protocol == "dlt645":
+        return describe_645(found.frame)
+    if found.protocol == "q1376.2":
+        return describe_13762(found.frame)
+    return describe_698(found.frame)
 
 
 def run(args: argparse.Namespace, stdout: TextIO | None = None, stdin: TextIO | None = None) -> int:

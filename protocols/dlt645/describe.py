@@ -7,6 +7,7 @@ puts its named error flags (a list) there.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from protocols.errors import RemoteProtocolError
@@ -31,22 +32,30 @@ from .messages import (
     edition_of,
     function_name,
 )
-from .registry import DecodedItem, lookup
+from .registry import DecodedItem, Value, lookup
+
+
+def flat_values(values: Iterable[Value]) -> Iterator[tuple[str, Any, str | None]]:
+    """Values as ``(name, value, unit)`` with composites spread out: a status word gives its
+    word (as hex text) and one entry per named bit; a max demand gives its value and
+    ``<name>_time``."""
+    for v in values:
+        if isinstance(v.value, StatusBits):
+            yield v.name, str(v.value), None
+            for bit, state in v.value.bits.items():
+                yield bit, state, None
+        elif isinstance(v.value, tuple):
+            yield v.name, v.value[0], v.unit
+            yield f"{v.name}_time", v.value[1], None
+        else:
+            yield v.name, v.value, v.unit
 
 
 def _values(decoded: DecodedItem) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for v in decoded.values:
-        if isinstance(v.value, StatusBits):
-            out[v.name] = {"value": str(v.value), "unit": None}
-            for bit, state in v.value.bits.items():
-                out[bit] = {"value": state, "unit": None}
-        elif isinstance(v.value, tuple):  # max demand and when it happened
-            out[v.name] = {"value": plain(v.value[0]), "unit": v.unit}
-            out[f"{v.name}_time"] = {"value": plain(v.value[1]), "unit": None}
-        else:
-            out[v.name] = {"value": plain(v.value), "unit": v.unit}
-    return out
+    return {
+        name: {"value": plain(value), "unit": unit}
+        for name, value, unit in flat_values(decoded.values)
+    }
 
 
 def describe_frame(frame: Frame) -> dict[str, Any]:

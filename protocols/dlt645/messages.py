@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import struct
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -214,7 +215,8 @@ def _parse(layout: Struct, data: bytes, what: str, **context: int) -> Any:
         raise ValueDecodeError(
             "bad-length", f"{what}: {len(data)} data bytes are too few"
         ) from None
-    except construct.ConstructError as exc:
+    except (construct.ConstructError, struct.error) as exc:
+        # Compiled parsers raise struct.error (not a ConstructError) when data runs short.
         raise ValueDecodeError(
             "bad-length", f"{what}: {len(data)} data bytes do not fit its layout"
         ) from exc
