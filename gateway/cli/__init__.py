@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 from gateway import __version__
 
-from . import check_config, decode
+from . import check_config, decode, run
 
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_CONFIG = 78
 
-COMMANDS = (decode, check_config)
+COMMANDS = (run, check_config, decode)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,7 @@ from protocols.dlt645 import (
 )
 from protocols.dlt645.messages import ErrorWord, ErrorWord1997
 from protocols.errors import RemoteProtocolError
+from spool.records import Quality, ReadingKind
 
 
 class Item(enum.StrEnum):
@@ -57,12 +58,6 @@ class Item(enum.StrEnum):
     REALTIME = "realtime"
 
 
-class Quality(enum.StrEnum):
-    OK = "ok"
-    UNVERIFIED = "unverified"
-    NOT_FROZEN = "not_frozen"
-
-
 @dataclass(frozen=True, slots=True)
 class Collected:
     """One data item read from a meter, ready to be spooled."""
@@ -71,7 +66,7 @@ class Collected:
     data_time: dt.datetime  # aware, the meter's local time
     values: tuple[Value, ...]
     quality: Quality
-    kind: str
+    kind: ReadingKind
 
 
 @dataclass(slots=True)
@@ -190,9 +185,7 @@ class DailyFrozenSession(Session):
         step = self._step
         if step == "register_block":
             if isinstance(reply, ReadResponse):
-                self._collect(
-                    reply, f"{reply.di:04X}", self.local_now(), Quality.NOT_FROZEN, "daily_frozen"
-                )
+                self._collect(reply, f"{reply.di:04X}", self.local_now(), Quality.NOT_FROZEN)
                 self._finish(True)
             elif _no_data(reply):
                 self._step = "register_total"
@@ -202,7 +195,7 @@ class DailyFrozenSession(Session):
             return
         if step == "register_total":
             if isinstance(reply, ReadResponse):
-                self._collect(reply, "9010", self.local_now(), Quality.NOT_FROZEN, "daily_frozen")
+                self._collect(reply, "9010", self.local_now(), Quality.NOT_FROZEN)
                 self._finish(True)
             else:
                 self._finish(False, "abnormal reply to 9010")
@@ -212,7 +205,7 @@ class DailyFrozenSession(Session):
             return
         if step == "forward":
             if isinstance(reply, ReadResponse):
-                self._collect(reply, "05060101", self.freeze, self._quality, "daily_frozen")
+                self._collect(reply, "05060101", self.freeze, self._quality)
                 self._step = "reverse"
                 self._ask(_FROZEN_REVERSE | self.slot)
             else:
@@ -220,14 +213,12 @@ class DailyFrozenSession(Session):
             return
         if step == "reverse":
             if isinstance(reply, ReadResponse):
-                self._collect(reply, "05060201", self.freeze, self._quality, "daily_frozen")
+                self._collect(reply, "05060201", self.freeze, self._quality)
             self._finish(True)  # reverse energy is optional: many single-phase meters lack it
             return
         if step == "current":
             if isinstance(reply, ReadResponse):
-                self._collect(
-                    reply, "00010000", self.local_now(), Quality.NOT_FROZEN, "daily_frozen"
-                )
+                self._collect(reply, "00010000", self.local_now(), Quality.NOT_FROZEN)
                 self._finish(True)
             else:
                 self._finish(False, "no frozen data and no current register")
@@ -241,11 +232,17 @@ class DailyFrozenSession(Session):
             else:
                 self._finish(False, f"no frozen record in slot {self.slot}")
             return
-        if not isinstance(reply, ReadResponse):
-            self._finish(False, "abnormal reply to the freeze time")
-            return
-        values = self._decode(reply)
+        try:
+            values = self._decode(reply) if isinstance(reply, ReadResponse) else None
+        except RemoteProtocolError:
+            values = None
         if values is None:
+            if self.finished:
+                return
+            # The meter will not say when it froze: take the energies, flagged unverified.
+            self._quality = Quality.UNVERIFIED
+            self._step = "forward"
+            self._ask(_FROZEN_FORWARD | self.slot)
             return
         stamp = values[0].value
         if stamp is ABSENT:
@@ -274,12 +271,12 @@ class DailyFrozenSession(Session):
             return
         self._ask(_FREEZE_TIME | self.slot)
 
-    def _collect(
-        self, reply: ReadResponse, di: str, when: dt.datetime, quality: Quality, kind: str
-    ) -> None:
+    def _collect(self, reply: ReadResponse, di: str, when: dt.datetime, quality: Quality) -> None:
         values = self._decode(reply)
         if values is not None:
-            self.result.collected.append(Collected(di, when, values, quality, kind))
+            self.result.collected.append(
+                Collected(di, when, values, quality, ReadingKind.DAILY_FROZEN)
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +285,7 @@ class Group:
 
     block: int | None
     singles: tuple[int, ...]
-    kind: str
+    kind: ReadingKind
 
 
 class SnapshotSession(Session):
@@ -396,34 +393,36 @@ class ClockSession(Session):
                     Value("drift", round(drift), "s"),
                 ),
                 Quality.OK,
-                "clock",
+                ReadingKind.CLOCK,
             )
         )
         self._finish(True)
 
 
-STATUS_2007 = (Group(None, (0x04000501, 0x04000503), "status"),)
-EVENTS_2007 = (Group(None, (0x03300D00, 0x03300E00, 0x03110000, 0x03010000), "event_counter"),)
-PREPAID_2007 = (Group(None, (0x00900200, 0x00900201, 0x00900100, 0x00900101), "prepaid"),)
+STATUS_2007 = (Group(None, (0x04000501, 0x04000503), ReadingKind.STATUS),)
+EVENTS_2007 = (
+    Group(None, (0x03300D00, 0x03300E00, 0x03110000, 0x03010000), ReadingKind.EVENT_COUNTER),
+)
+PREPAID_2007 = (Group(None, (0x00900200, 0x00900201, 0x00900100, 0x00900101), ReadingKind.PREPAID),)
 REALTIME_2007 = (
-    Group(0x0001FF00, (0x00010000,), "realtime"),
-    Group(0x0002FF00, (0x00020000,), "realtime"),
-    Group(0x0201FF00, (0x02010100, 0x02010200, 0x02010300), "realtime"),
-    Group(0x0202FF00, (0x02020100, 0x02020200, 0x02020300), "realtime"),
-    Group(0x0203FF00, (0x02030000,), "realtime"),
-    Group(0x0206FF00, (0x02060000,), "realtime"),
+    Group(0x0001FF00, (0x00010000,), ReadingKind.REALTIME),
+    Group(0x0002FF00, (0x00020000,), ReadingKind.REALTIME),
+    Group(0x0201FF00, (0x02010100, 0x02010200, 0x02010300), ReadingKind.REALTIME),
+    Group(0x0202FF00, (0x02020100, 0x02020200, 0x02020300), ReadingKind.REALTIME),
+    Group(0x0203FF00, (0x02030000,), ReadingKind.REALTIME),
+    Group(0x0206FF00, (0x02060000,), ReadingKind.REALTIME),
 )
 REALTIME_1997 = (
-    Group(0x901F, (0x9010,), "realtime"),
-    Group(0xB61F, (0xB611, 0xB612, 0xB613), "realtime"),
-    Group(0xB62F, (0xB621, 0xB622, 0xB623), "realtime"),
-    Group(0xB63F, (0xB630,), "realtime"),
+    Group(0x901F, (0x9010,), ReadingKind.REALTIME),
+    Group(0xB61F, (0xB611, 0xB612, 0xB613), ReadingKind.REALTIME),
+    Group(0xB62F, (0xB621, 0xB622, 0xB623), ReadingKind.REALTIME),
+    Group(0xB63F, (0xB630,), ReadingKind.REALTIME),
 )
 SETTLEMENT_2007 = (
-    Group(0x0001FF01, (0x00010001,), "billing"),
-    Group(0x0002FF01, (0x00020001,), "billing"),
+    Group(0x0001FF01, (0x00010001,), ReadingKind.BILLING),
+    Group(0x0002FF01, (0x00020001,), ReadingKind.BILLING),
 )
-SETTLEMENT_1997 = (Group(0x941F, (0x9410,), "billing"),)
+SETTLEMENT_1997 = (Group(0x941F, (0x9410,), ReadingKind.BILLING),)
 
 
 def groups_for(item: Item, edition: Edition) -> tuple[Group, ...]:

@@ -1,0 +1,106 @@
+"""``amigw run``: the daemon. Everything runs under one ``asyncio.TaskGroup``.
+
+Start-up order: configuration (already validated), clock, spool, bus channels, collector.
+SIGTERM or SIGINT asks the collector to stop: the exchange in flight finishes, its results are
+committed, the channels and the spool are closed, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from drivers.channel import ChannelSettings, Dlt645Channel
+from drivers.clock import Clock, ScaledClock, SystemClock
+from drivers.link import Link, SerialSettings, serial_opener, tcp_opener
+from gateway.collector.collector import Collector, MeterAccess
+from gateway.config import Config, SerialBusConfig, TcpBusConfig
+from spool import Spool
+
+log = logging.getLogger("amigw.daemon")
+
+
+def make_clock(config: Config) -> Clock:
+    c = config.clock
+    if c.mode == "scaled":
+        assert c.origin is not None
+        return ScaledClock(c.origin, c.speed, c.real_origin)
+    return SystemClock()
+
+
+def make_channel(bus: SerialBusConfig | TcpBusConfig, clock: Clock) -> Dlt645Channel:
+    char_time = 11 / bus.baud
+    if isinstance(bus, SerialBusConfig):
+        opener = serial_opener(
+            SerialSettings(bus.device, bus.baud, bus.parity, bus.bytesize, bus.stopbits)
+        )
+    else:
+        opener = tcp_opener(bus.host, bus.port, bus.connect_timeout_ms / 1000)
+    settings = ChannelSettings(
+        timeout_s=bus.timeout_ms / 1000,
+        retries=bus.retries,
+        inter_frame_gap_s=bus.inter_frame_gap_ms / 1000,
+        preamble=bus.preamble,
+        backoff_after=bus.backoff_after,
+        backoff_max_s=bus.backoff_max_s,
+    )
+    return Dlt645Channel(bus.name, Link(bus.name, opener, char_time=char_time), settings, clock)
+
+
+@dataclass
+class Daemon:
+    """The running gateway: its parts, so tests and the CLI can reach them."""
+
+    config: Config
+    clock: Clock
+    spool: Spool
+    channels: dict[str, Dlt645Channel]
+    collector: Collector
+    on_ready: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        self.collector.stop()
+
+    async def run(self) -> None:
+        for callback in self.on_ready:
+            callback()
+        try:
+            await self.collector.run()
+        finally:
+            for channel in self.channels.values():
+                await channel.close()
+
+
+async def build(config: Config, clock: Clock | None = None) -> Daemon:
+    clock = clock or make_clock(config)
+    spool = await Spool.open(config.spool.path)
+    channels = {b.name: make_channel(b, clock) for b in config.bus}
+    accesses: dict[str, MeterAccess] = dict(channels)
+    collector = Collector(config, spool, accesses, clock)
+    return Daemon(config, clock, spool, channels, collector)
+
+
+async def serve(config: Config, clock: Clock | None = None) -> int:
+    """Run until SIGTERM/SIGINT; return the exit status."""
+    config.spool.path.parent.mkdir(parents=True, exist_ok=True)
+    daemon = await build(config, clock)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    log.info(
+        "amigw %s started: %d bus(es), %d meter(s), spool %s",
+        config.gateway.id, len(config.bus), len(config.meter), config.spool.path,
+    )  # fmt: skip
+    try:
+        await daemon.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await daemon.spool.close()
+    log.info("amigw stopped")
+    return 0
