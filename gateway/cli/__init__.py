@@ -12,14 +12,15 @@ from collections.abc import Sequence
 
 from gateway import __version__
 
-from . import check_config, decode, run
+from . import check_config, decode, simulate
+from . import run as run_command
 
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_CONFIG = 78
 
-COMMANDS = (run, check_config, decode)
+COMMANDS = (run_command, check_config, decode, simulate)
 
 
 def build_parser() -> argparse.ArgumentParser:

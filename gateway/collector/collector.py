@@ -22,7 +22,7 @@ import datetime as dt
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 from drivers.channel import Exchange
 from drivers.clock import Clock
 from drivers.errors import DriverError, MeterRestingError
+from drivers.plc_router import RoundReport, RoundSource
 from gateway.config import Config, MeterConfig
 from gateway.config import Edition as ConfigEdition
 from protocols.bcd import Address
@@ -38,7 +39,8 @@ from protocols.dlt645 import ABSENT, BroadcastTime, Edition, Message
 from protocols.dlt645.describe import flat_values
 from spool import Event, LedgerEntry, LedgerState, Reading, ReadingValue, Spool
 
-from .plans import ClockSession, Collected, Item, Session, start_session
+from .plans import ClockSession, Collected, Item, Session, SessionResult, start_session
+from .router import RouterRound
 from .timesync import TimeSyncRules, decide
 
 log = logging.getLogger("amigw.collector")
@@ -46,7 +48,15 @@ log = logging.getLogger("amigw.collector")
 #: next_attempt of an entry that no retry can complete (kept for the record, never due).
 NEVER = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
 #: driver failures after which the meter is not asked for more items in the same pass
-_LINK_FAILURES = ("timeout", "corrupted", "backed-off", "link-error")
+_LINK_FAILURES = (
+    "timeout", "corrupted", "backed-off", "link-error", "module-timeout", "not-in-network",
+)  # fmt: skip
+
+
+class RoundRunner(Protocol):
+    """A PLC module in router-led mode: runs a round against a round source."""
+
+    async def run_round(self, source: RoundSource, *, idle_timeout_s: float) -> RoundReport: ...
 
 
 class MeterAccess(Protocol):
@@ -133,9 +143,15 @@ class Collector:
         accesses: Mapping[str, MeterAccess],
         clock: Clock,
         *,
+        rounds: Mapping[str, RoundRunner] | None = None,
+        prepare: Mapping[str, Callable[[], Awaitable[bool]]] | None = None,
         rng: random.Random | None = None,
+        round_idle_s: float = 120.0,
     ) -> None:
         self.config = config
+        self.rounds = dict(rounds or {})
+        self.prepare = dict(prepare or {})
+        self.round_idle_s = round_idle_s
         self.spool = spool
         self.accesses = dict(accesses)
         self.clock = clock
@@ -232,6 +248,8 @@ class Collector:
                         now,
                     )
                 )
+            if plan.edition is Edition.V1997:
+                continue  # a 1997 meter keeps no daily history to back-fill from
             for back in range(1, self.config.collection.catch_up_days + 1):
                 day = today - dt.timedelta(days=back)
                 entries.append(
@@ -275,20 +293,36 @@ class Collector:
             self._kick[bus].set()
 
     async def _sleep_until(self, when: dt.datetime, bus: str | None) -> None:
-        kick = self._kick[bus] if bus is not None else None
+        """Sleep on the injected clock until ``when``; a stop (or, for a bus, new work) wakes
+        the sleeper at once."""
+        wake = self._kick[bus] if bus is not None else self._stop
         while not self.stopping:
             remaining = (when - self.clock.now()).total_seconds()
             if remaining <= 0:
                 return
-            if kick is not None and kick.is_set():
-                kick.clear()
+            if bus is not None and wake.is_set():
+                wake.clear()
                 return
-            # Sleep in slices so a stop, a kick or a clock jump is noticed promptly.
-            await self.clock.sleep(min(remaining, 60.0))
+            sleeper = asyncio.ensure_future(self.clock.sleep(min(remaining, 3600.0)))
+            waiter = asyncio.ensure_future(wake.wait())
+            try:
+                await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waiter.cancel()
 
     async def _worker(self, bus: str) -> None:
+        ready = bus not in self.prepare
         while not self.stopping:
-            processed = await self.collect_bus(bus)
+            if not ready:
+                ready = await self.prepare[bus]()
+                if not ready:
+                    await self._sleep_until(self.clock.now() + dt.timedelta(seconds=300), bus)
+                    continue
+            if bus in self.rounds:
+                processed = await self.collect_round(bus)
+            else:
+                processed = await self.collect_bus(bus)
             if processed:
                 continue
             wake = self._wake.pop(bus, None)
@@ -314,6 +348,60 @@ class Collector:
         if attempted:
             await self._maybe_time_sync(bus, access)
         return attempted
+
+    async def collect_round(self, bus: str, now: dt.datetime | None = None) -> int:
+        """One router-led round over the due entries of ``bus``; return entries attempted."""
+        now = now or self.clock.now()
+        by_meter: dict[str, list[LedgerEntry]] = {}
+        for entry in await self.spool.due(now):
+            if self._on_bus(entry, bus):
+                by_meter.setdefault(entry.meter, []).append(entry)
+        if not by_meter:
+            return 0
+
+        def start(entry: LedgerEntry) -> Session:
+            plan = self.meters[entry.meter]
+            return start_session(
+                Item(entry.item),
+                plan.address,
+                plan.edition,
+                self.zone,
+                now=self.clock.now(),
+                day=entry.day,
+            )
+
+        source = RouterRound(by_meter, start, self.clock.now)
+        report = await self.rounds[bus].run_round(source, idle_timeout_s=self.round_idle_s)
+        log.info("router round on %s: %s", bus, report)
+        readings: list[Reading] = []
+        updates: list[LedgerEntry] = []
+        for attempt in source.conclude():
+            plan = self.meters[attempt.entry.meter]
+            read_time = attempt.finished_at or self.clock.now()
+            if attempt.session is None:
+                result = SessionResult(
+                    ok=False, reason="the router did not reach the meter in this round"
+                )
+                updates.append(self._after_result(attempt.entry, result, read_time))
+                continue
+            result = attempt.session.result
+            readings.extend(to_reading(plan.address, c, read_time, bus) for c in result.collected)
+            updates.append(self._after_result(attempt.entry, result, read_time))
+            self._count(result)
+            if result.clock_drift_s is not None:
+                self._record_drift(plan, result.clock_drift_s, read_time)
+        self.progress += report.reports + 1
+        self.stats.readings_new += await self.spool.commit_collection(readings, updates)
+        self.stats.passes += 1
+        if bus in self.accesses:
+            await self._maybe_time_sync(bus, self.accesses[bus])
+        return len(updates)
+
+    def _count(self, result: SessionResult) -> None:
+        if result.ok:
+            self.stats.sessions_ok += 1
+        else:
+            self.stats.sessions_failed += 1
 
     def _on_bus(self, entry: LedgerEntry, bus: str) -> bool:
         plan = self.meters.get(entry.meter)
@@ -359,11 +447,9 @@ class Collector:
             readings.extend(
                 to_reading(plan.address, c, read_time, plan.bus) for c in result.collected
             )
-            updates.append(self._after(entry, session, read_time))
-            if result.ok:
-                self.stats.sessions_ok += 1
-            else:
-                self.stats.sessions_failed += 1
+            updates.append(self._after_result(entry, result, read_time))
+            self._count(result)
+            if not result.ok:
                 log.info("meter %s %s %s: %s", plan.address, entry.item, entry.day, result.reason)
             if result.clock_drift_s is not None:
                 self._record_drift(plan, result.clock_drift_s, read_time)
@@ -388,8 +474,9 @@ class Collector:
                 session.set_now(self.clock.now())
             session.on_reply(exchange.reply)
 
-    def _after(self, entry: LedgerEntry, session: Session, now: dt.datetime) -> LedgerEntry:
-        result = session.result
+    def _after_result(
+        self, entry: LedgerEntry, result: SessionResult, now: dt.datetime
+    ) -> LedgerEntry:
         if result.ok:
             return entry.with_state(LedgerState.DONE, now=now, reason=None, next_attempt=None)
         if result.final:

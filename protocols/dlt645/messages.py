@@ -222,6 +222,13 @@ def _parse(layout: Struct, data: bytes, what: str, **context: int) -> Any:
         ) from exc
 
 
+def _required_time(value: Any, what: str) -> dt.datetime:
+    """A time the message cannot do without: all-00/FF bytes are an error, not "absent"."""
+    if not isinstance(value, dt.datetime):
+        raise ValueDecodeError("bad-timestamp", f"{what} is empty (all 00 or FF)")
+    return value
+
+
 def _build(layout: Struct, length: int | None = None, **values: Any) -> bytes:
     """Build a data unit; ``length`` is the context some layouts size a field from."""
     try:
@@ -619,7 +626,7 @@ def decode_message(frame: Frame) -> Message:
         return WriteAddressRequest(body.address, frame.address)
     if fn == Function.BROADCAST_TIME and not response:
         body = _parse(BROADCAST_TIME_BODY, data, "broadcast time")
-        return BroadcastTime(body.time, frame.address)
+        return BroadcastTime(_required_time(body.time, "broadcast time"), frame.address)
     if fn == Function.FREEZE and not response:
         body = _parse(FREEZE_BODY, data, "freeze")
         return FreezeRequest(frame.address, body.minute, body.hour, body.day, body.month)
@@ -637,7 +644,7 @@ def decode_message(frame: Frame) -> Message:
         return RelayControl(
             frame.address,
             command,
-            body.valid_until,
+            _required_time(body.valid_until, "relay control deadline"),
             body.password_level,
             body.password,
             body.operator,

@@ -706,59 +706,6 @@ def _prepaid_items() -> Iterator[DataItem]:
     yield DataItem(0x00900201, V7, "overdraft amount", (Field("overdraft_amount", ENERGY, "CNY"),))
 
 
-def _frozen_items() -> Iterator[DataItem]:
-    daily_energy = (
-        (0x01, "forward_active", ENERGY_BLOCK, "kWh", SURE),
-        (0x02, "reverse_active", ENERGY_BLOCK, "kWh", LIKELY),
-        (0x03, "combined_reactive_1", ENERGY_SIGNED_BLOCK, "kvarh", LIKELY),
-        (0x04, "combined_reactive_2", ENERGY_SIGNED_BLOCK, "kvarh", LIKELY),
-        (0x05, "reactive_q1", ENERGY_BLOCK, "kvarh", LIKELY),
-        (0x06, "reactive_q2", ENERGY_BLOCK, "kvarh", LIKELY),
-        (0x07, "reactive_q3", ENERGY_BLOCK, "kvarh", LIKELY),
-        (0x08, "reactive_q4", ENERGY_BLOCK, "kvarh", LIKELY),
-    )
-    for n in range(1, DAILY_FROZEN_DAYS + 1):
-        ago = f"{n} day{'s' if n > 1 else ''} ago"
-        yield DataItem(
-            0x05060000 | n, V7, f"daily freeze time, {ago}", (Field("freeze_time", STAMP5),), SURE
-        )
-        for di1, q, block, unit, conf in daily_energy:
-            yield DataItem(
-                0x05060000 | di1 << 8 | n,
-                V7,
-                f"daily frozen {q.replace('_', ' ')} energy, {ago}",
-                (Field(q, block, unit, tuple(f"{q}_{tariff_name(t)}" for t in range(5))),),
-                conf,
-            )
-        for di1, q, block in (
-            (0x09, "forward_active_max_demand", DEMAND_TIME_BLOCK),
-            (0x0A, "reverse_active_max_demand", DEMAND_TIME_BLOCK),
-        ):
-            yield DataItem(
-                0x05060000 | di1 << 8 | n,
-                V7,
-                f"daily frozen {q.replace('_', ' ')}, {ago}",
-                (Field(q, block, "kW", tuple(f"{q}_{tariff_name(t)}" for t in range(5))),),
-            )
-    for n in range(1, HOURLY_FROZEN_RECORDS + 1):
-        ago = f"{n} record{'s' if n > 1 else ''} ago"
-        yield DataItem(
-            0x05040000 | n, V7, f"hourly freeze time, {ago}", (Field("freeze_time", STAMP5),)
-        )
-        yield DataItem(
-            0x05040100 | n,
-            V7,
-            f"hourly frozen forward active total, {ago}",
-            (Field("forward_active_total", ENERGY, "kWh"),),
-        )
-        yield DataItem(
-            0x05040200 | n,
-            V7,
-            f"hourly frozen reverse active total, {ago}",
-            (Field("reverse_active_total", ENERGY, "kWh"),),
-        )
-
-
 def _items_1997() -> Iterator[DataItem]:
     energy_1997 = (
         (0x9010, "forward_active", "kWh", "forward active energy", SURE),

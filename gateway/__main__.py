@@ -1,0 +1,5 @@
+"""``python -m gateway`` is ``amigw``."""
+
+from gateway.cli import run
+
+run()

@@ -1,0 +1,245 @@
+"""The collector against a simulated district, in memory, under a manual clock.
+
+Three simulated days of a 12-meter district; two meters are silent all of day 2 and are
+back-filled from their frozen history on day 3. Every stored value is compared with the
+simulator's own frozen record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from drivers.clock import ManualClock
+from gateway.collector.collector import NEVER, Collector
+from gateway.collector.plans import Item
+from protocols.bcd import Address
+from simulator.channel import MemoryChannel
+from simulator.district import District
+from simulator.scenario import build_district
+from spool import LedgerState, Quality, ReadingKind, Spool
+
+from .districts import gateway_config, scenario_from
+
+ZONE = ZoneInfo("Asia/Shanghai")
+START = dt.datetime(2025, 6, 1, 8, 0, tzinfo=ZONE)
+SILENT = ("000000001003", "000000001004")
+WRONG = "000000001009"
+DRIFTING = "000000001005"
+FAR_OFF = "000000001006"
+
+SCENARIO = f"""
+name = "collector-test"
+[simulation]
+start = {START.isoformat()}
+timezone = "Asia/Shanghai"
+seed = 7
+history_days = 3
+
+[defaults]
+bus = "rs485-1"
+profile = "residential"
+
+[[buses]]
+name = "rs485-1"
+baud = 2400
+[[buses]]
+name = "rs485-2"
+baud = 1200
+
+[[meter_groups]]
+first_address = "000000001001"
+count = 10
+
+[[meters]]
+address = "000000000097"
+edition = "1997"
+bus = "rs485-2"
+[[meters]]
+address = "000000000098"
+edition = "1997"
+bus = "rs485-2"
+
+[[timeline]]
+kind = "silent"
+meters = ["{SILENT[0]}", "{SILENT[1]}"]
+start = "2025-06-02T00:00:00+08:00"
+end = "2025-06-03T00:00:00+08:00"
+
+[[timeline]]
+kind = "wrong_address"
+meter = "{WRONG}"
+start = "+0h"
+
+[[timeline]]
+kind = "clock_drift"
+meter = "{DRIFTING}"
+start = "+0h"
+offset_s = 90
+
+[[timeline]]
+kind = "clock_drift"
+meter = "{FAR_OFF}"
+start = "+0h"
+offset_s = 900
+"""
+
+
+@dataclass
+class Rig:
+    clock: ManualClock
+    district: District
+    spool: Spool
+    collector: Collector
+    channels: dict[str, MemoryChannel]
+
+    async def work_all(self) -> None:
+        await self.collector.plan()
+        for bus in self.channels:
+            while await self.collector.collect_bus(bus):
+                pass
+
+    async def live_through(
+        self, until: dt.datetime, step: dt.timedelta = dt.timedelta(minutes=10)
+    ) -> None:
+        while self.clock.now() < until:
+            self.clock.advance(step.total_seconds())
+            await self.work_all()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    scenario = scenario_from(SCENARIO)
+    clock = ManualClock(START)
+    district = build_district(scenario, clock)
+    config = gateway_config(scenario, tmp_path / "spool.sqlite")
+    spool = await Spool.open(config.spool.path)
+    channels = {b.name: MemoryChannel(district, b.name, clock) for b in config.bus}
+    collector = Collector(config, spool, channels, clock)
+    try:
+        yield Rig(clock, district, spool, collector, channels)
+    finally:
+        await spool.close()
+
+
+def frozen_total(rig: Rig, meter: str, day: dt.date) -> Decimal:
+    record = rig.district.meters[Address(meter)].frozen_record(day)
+    assert record is not None, f"the simulator has no record of {meter} for {day}"
+    return record.forward_active[0]
+
+
+async def test_three_days_with_two_silent_meters_backfilled(rig: Rig) -> None:
+    day1, day2, day3 = dt.date(2025, 6, 1), dt.date(2025, 6, 2), dt.date(2025, 6, 3)
+    await rig.work_all()
+    await rig.live_through(dt.datetime(2025, 6, 2, 23, 50, tzinfo=ZONE))
+
+    day2_ledger = {(e.meter, e.item): e for e in await rig.spool.ledger(day=day2)}
+    for meter in SILENT:
+        entry = day2_ledger[(meter, Item.DAILY_FROZEN.value)]
+        assert entry.state is LedgerState.FAILED
+        assert entry.attempts >= 2
+    await rig.live_through(dt.datetime(2025, 6, 3, 6, 0, tzinfo=ZONE))
+
+    # The ledger of each day is complete for every meter that answers for itself.
+    for day in (day1, day2, day3):
+        for entry in await rig.spool.ledger(day=day):
+            if entry.meter == WRONG:
+                continue
+            assert entry.state is LedgerState.DONE, entry
+    # Day 2 of the silent meters came from their history on day 3, equal to the simulator.
+    for meter in SILENT:
+        readings = await rig.spool.readings(meter=meter, di="05060101")
+        by_day = {r.data_time.date(): r for r in readings}
+        assert set(by_day) >= {day1, day2, day3}
+        assert by_day[day2].read_time.astimezone(ZONE).date() == day3
+    # Every frozen value of every 2007 meter equals the simulator's record.
+    checked = 0
+    for reading in await rig.spool.readings(di="05060101"):
+        assert reading.data_time.timetz() == dt.time(0, tzinfo=reading.data_time.tzinfo)
+        assert reading.quality is Quality.OK
+        day = reading.data_time.date()
+        assert reading.values["forward_active_total"].value == frozen_total(rig, reading.meter, day)
+        assert reading.values["forward_active_total"].unit == "kWh"
+        checked += 1
+    assert checked >= 8 * 3 + 2 * 2  # back-filled days included
+
+
+async def test_a_meter_answering_for_another_address_never_lands_a_reading(rig: Rig) -> None:
+    await rig.work_all()
+    assert await rig.spool.readings(meter=WRONG) == []
+    assert rig.channels["rs485-1"].wrong_address > 0
+    entries = await rig.spool.ledger(meter=WRONG)
+    assert entries
+    assert not [e for e in entries if e.state is LedgerState.DONE]
+    assert [e for e in entries if e.state is LedgerState.FAILED]
+
+
+async def test_1997_meters_are_read_and_flagged_not_frozen(rig: Rig) -> None:
+    await rig.work_all()
+    for meter in ("000000000097", "000000000098"):
+        readings = await rig.spool.readings(meter=meter, kind=ReadingKind.DAILY_FROZEN)
+        assert len(readings) == 1
+        (reading,) = readings
+        assert reading.di == "901F"
+        assert reading.quality is Quality.NOT_FROZEN
+        live = rig.district.meters[Address(meter)].registers().forward_active[0]
+        assert reading.values["forward_active_total"].value == live
+        # no back-fill is planned for a meter without daily history
+        days = {e.day for e in await rig.spool.ledger(meter=meter)}
+        assert days == {START.date()}
+
+
+async def test_time_sync_only_under_the_rules(rig: Rig) -> None:
+    await rig.work_all()
+    events = await rig.spool.events(type="time_sync")
+    assert len(events) == 1
+    assert events[0].source == "rs485-1"
+    assert events[0].details["meters"] == [DRIFTING]
+    assert rig.channels["rs485-1"].broadcasts == 1
+    assert rig.channels["rs485-2"].broadcasts == 0
+    far = await rig.spool.events(type="clock_drift_out_of_range")
+    assert [e.subject for e in far] == [FAR_OFF]
+    # The broadcast took: the drifting meter's clock is re-checked and now right.
+    await rig.live_through(START + dt.timedelta(hours=1))
+    meter = rig.district.meters[Address(DRIFTING)]
+    assert abs(meter.clock_error().total_seconds()) < 5
+    clock_entry = next(e for e in await rig.spool.ledger(meter=DRIFTING) if e.item == "clock")
+    assert clock_entry.state is LedgerState.DONE
+    # Not twice the same day, even with meters still off.
+    assert rig.channels["rs485-1"].broadcasts == 1
+    # The meter 15 minutes off was never corrected by broadcast.
+    assert rig.district.meters[Address(FAR_OFF)].clock_error().total_seconds() > 800
+
+
+async def test_nothing_is_read_twice_and_restart_resumes_from_the_ledger(
+    rig: Rig, tmp_path: Path
+) -> None:
+    await rig.work_all()
+    first = await rig.spool.count_readings()
+    requests = sum(c.requests for c in rig.channels.values())
+    # A new collector on the same spool (a restart) owes nothing more today.
+    again = Collector(rig.collector.config, rig.spool, rig.channels, rig.clock)
+    await again.restore()
+    await again.plan()
+    for bus in rig.channels:
+        await again.collect_bus(bus)
+    assert await rig.spool.count_readings() == first
+    # Only the meters that failed (wrong address) were tried again.
+    extra = sum(c.requests for c in rig.channels.values()) - requests
+    assert extra <= 2 * 3  # its due items, each with its retries, at most
+
+
+async def test_final_failure_is_never_due_again(rig: Rig) -> None:
+    await rig.work_all()
+    rig.clock.advance(5 * 86400)
+    await rig.work_all()
+    never = [e for e in await rig.spool.ledger() if e.next_attempt == NEVER]
+    assert all(e.reason for e in never)
+    due = await rig.spool.due(rig.clock.now())
+    assert not [e for e in due if e.next_attempt == NEVER]
