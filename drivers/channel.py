@@ -97,7 +97,7 @@ class Exchange:
     request: Message
     reply: Message
     request_bytes: int
-    reply_bytes: int
+    reply_bytes: int  # bytes heard on the line for this attempt, preamble included
     elapsed_s: float
     attempts: int
 
@@ -242,6 +242,7 @@ class Dlt645Channel:
     ) -> tuple[Message, int]:
         loop = asyncio.get_running_loop()
         garbled = False
+        received = 0  # every byte heard during this attempt: preamble and noise take wire time too
         # A frame in progress that stops for longer than this is noise, not a slow meter.
         idle_gap = max(0.1, 20 * self.link.char_time)
         while True:
@@ -253,6 +254,7 @@ class Dlt645Channel:
             partial = self._framer.statistics().buffered > 0
             chunk = await self.link.read_some(min(remaining, idle_gap) if partial else remaining)
             if chunk:
+                received += len(chunk)
                 self._framer.feed(chunk)
             elif partial:
                 self._framer.feed_eof()
@@ -266,7 +268,7 @@ class Dlt645Channel:
                 assert isinstance(event, Frame)
                 found = self._accept(request, frame, event)
                 if found is not None:
-                    return found, len(event.raw)
+                    return found, received
             if garbled and self._framer.statistics().buffered == 0 and not chunk:
                 raise ReplyCorruptedError("garbled reply")
 

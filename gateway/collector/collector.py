@@ -464,6 +464,7 @@ class Collector:
             if self.stopping:
                 session.on_failure("stopped: the gateway is shutting down")
                 return
+            sent = self.clock.now()
             try:
                 exchange = await access.request(request)
             except DriverError as exc:
@@ -471,7 +472,7 @@ class Collector:
                 return
             self.progress += 1
             if isinstance(session, ClockSession):
-                session.set_now(self.clock.now())
+                session.set_exchange_times(sent, self.clock.now())
             session.on_reply(exchange.reply)
 
     def _after_result(

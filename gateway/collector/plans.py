@@ -351,9 +351,11 @@ class ClockSession(Session):
         self._date: dt.date | None = None
         self._ask(0x04000101 if edition is Edition.V2007 else 0xC010)
 
-    def set_now(self, now: dt.datetime) -> None:
-        """The gateway time when the reply arrived (drift is measured against it)."""
-        self.now = now
+    def set_exchange_times(self, sent: dt.datetime, received: dt.datetime) -> None:
+        """When the request left and the reply arrived, by the gateway's clock. The meter read
+        its clock somewhere in between: drift is measured against the midpoint, so the wire
+        time of the exchange does not count as drift."""
+        self.now = sent + (received - sent) / 2
 
     def on_reply(self, reply: Message) -> None:
         if not isinstance(reply, ReadResponse):

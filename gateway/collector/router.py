@@ -50,6 +50,7 @@ class RouterRound:
             for meter, es in entries.items()
         }
         self._current: dict[Address, Attempt] = {}
+        self._handed_out: dict[Address, dt.datetime] = {}
         self.attempts: list[Attempt] = []
         self.asked: set[Address] = set()
 
@@ -72,6 +73,7 @@ class RouterRound:
             assert attempt.session is not None
             request = attempt.session.next_request()
             if request is not None:
+                self._handed_out[address] = self._now()
                 return request
             self._close(address)
 
@@ -80,7 +82,8 @@ class RouterRound:
         if attempt is None or attempt.session is None:
             return
         if isinstance(attempt.session, ClockSession):
-            attempt.session.set_now(self._now())
+            now = self._now()
+            attempt.session.set_exchange_times(self._handed_out.get(address, now), now)
         attempt.session.on_reply(reply)
         if attempt.session.finished:
             self._close(address)
