@@ -58,6 +58,7 @@ class Link:
         self.char_time = char_time  # seconds per character on the wire (11 bits / baud)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._closed = False  # closed by its owner: never reopened (a pty path may be reused)
         self.opens = 0
 
     @property
@@ -67,6 +68,8 @@ class Link:
     async def open(self) -> None:
         if self.is_open:
             return
+        if self._closed:
+            raise LinkError(f"{self.name}: the link was closed")
         try:
             self._reader, self._writer = await self._opener()
         except (OSError, TimeoutError, ValueError) as exc:
@@ -82,7 +85,7 @@ class Link:
             self._writer.write(data)
             await self._writer.drain()
         except (OSError, ConnectionError) as exc:
-            await self.close()
+            await self._drop()
             raise LinkError(f"{self.name}: write failed: {exc}") from exc
 
     async def read_some(self, wait_s: float) -> bytes:
@@ -94,10 +97,10 @@ class Link:
         except TimeoutError:
             return b""
         except (OSError, ConnectionError) as exc:
-            await self.close()
+            await self._drop()
             raise LinkError(f"{self.name}: read failed: {exc}") from exc
         if not data:
-            await self.close()
+            await self._drop()
             raise LinkError(f"{self.name}: the other end closed the connection")
         return data
 
@@ -112,6 +115,12 @@ class Link:
         return n
 
     async def close(self) -> None:
+        """Close for good: the link will not reopen after this."""
+        self._closed = True
+        await self._drop()
+
+    async def _drop(self) -> None:
+        """Let go of the port after a failure; the next use reopens it."""
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()

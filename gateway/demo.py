@@ -41,6 +41,7 @@ def config_for(
     plc: Mapping[str, Any] | None = None,
     gateway_id: str = "gw-demo",
     catch_up_days: int = 2,
+    collection: Mapping[str, Any] | None = None,
     extra: str = "",
 ) -> str:
     """The gateway configuration (TOML) for every meter of ``scenario``, on its bus names.
@@ -59,6 +60,7 @@ def config_for(
         _toml("path", str(spool)),
         "[collection]",
         _toml("catch_up_days", catch_up_days),
+        *(_toml(k, v) for k, v in (collection or {}).items()),
     ]
     for name in names:
         lines += ["[[bus]]", _toml("name", name)]

@@ -7,11 +7,14 @@ simulator's own frozen record.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -19,9 +22,11 @@ import pytest
 from drivers.clock import ManualClock
 from gateway.collector.collector import NEVER, Collector
 from gateway.collector.plans import Item
+from gateway.daemon import make_channel
 from protocols.bcd import Address
 from simulator.channel import MemoryChannel
 from simulator.district import District
+from simulator.run import start_simulation
 from simulator.scenario import build_district
 from spool import LedgerState, Quality, ReadingKind, Spool
 
@@ -97,7 +102,7 @@ class Rig:
     district: District
     spool: Spool
     collector: Collector
-    channels: dict[str, MemoryChannel]
+    channels: dict[str, Any]
 
     async def work_all(self) -> None:
         await self.collector.plan()
@@ -109,23 +114,65 @@ class Rig:
         self, until: dt.datetime, step: dt.timedelta = dt.timedelta(minutes=10)
     ) -> None:
         while self.clock.now() < until:
-            self.clock.advance(step.total_seconds())
+            self.clock.advance(min(step, until - self.clock.now()).total_seconds())
             await self.work_all()
 
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    async with memory_rig(tmp_path) as rig:
+        yield rig
+
+
+@contextlib.asynccontextmanager
+async def memory_rig(tmp_path: Path, **config: Any) -> AsyncIterator[Rig]:
     scenario = scenario_from(SCENARIO)
     clock = ManualClock(START)
     district = build_district(scenario, clock)
-    config = gateway_config(scenario, tmp_path / "spool.sqlite")
-    spool = await Spool.open(config.spool.path)
-    channels = {b.name: MemoryChannel(district, b.name, clock) for b in config.bus}
-    collector = Collector(config, spool, channels, clock)
+    gw = gateway_config(scenario, tmp_path / "spool.sqlite", **config)
+    spool = await Spool.open(gw.spool.path)
+    channels: dict[str, Any] = {b.name: MemoryChannel(district, b.name, clock) for b in gw.bus}
+    collector = Collector(gw, spool, channels, clock)
     try:
         yield Rig(clock, district, spool, collector, channels)
     finally:
         await spool.close()
+
+
+@contextlib.asynccontextmanager
+async def wire_rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """The same district on real ptys (rs485-1) and TCP (rs485-2 as a DTU), through the
+    daemon's own channels; meters still follow the manual clock, wire timing is real."""
+    text = SCENARIO.replace(
+        'name = "rs485-1"\nbaud = 2400', 'name = "rs485-1"\nbaud = 19200\nturnaround_ms = 5'
+    )
+    text = text.replace(
+        'name = "rs485-2"\nbaud = 1200',
+        'name = "rs485-2"\nkind = "tcp"\nbaud = 19200\nturnaround_ms = 5',
+    )
+    # The wrong-address meter costs a full timeout per attempt and is covered in memory.
+    text = text.replace('kind = "wrong_address"', 'kind = "slow"\ndelay_ms = 1')
+    scenario = scenario_from(text)
+    clock = ManualClock(START)
+    async with start_simulation(scenario, clock) as sim:
+        pty, tcp = sim.endpoint("rs485-1"), sim.endpoint("rs485-2")
+        fast = {"timeout_ms": 150, "retries": 1, "inter_frame_gap_ms": 0}
+        buses = {
+            "rs485-1": {"kind": "serial", "device": pty.path, "baud": 19200, "parity": "N", **fast},
+            "rs485-2": {"kind": "tcp", "host": tcp.host, "port": tcp.port, "baud": 19200, **fast},
+        }
+        # Status and event counters are read in the memory variant; here the wire is the point.
+        quick = {"read_status": False, "read_events": False}
+        gw = gateway_config(scenario, tmp_path / "spool.sqlite", buses=buses, collection=quick)
+        spool = await Spool.open(gw.spool.path)
+        channels: dict[str, Any] = {b.name: make_channel(b, clock) for b in gw.bus}
+        collector = Collector(gw, spool, channels, clock)
+        try:
+            yield Rig(clock, sim.district, spool, collector, channels)
+        finally:
+            for channel in channels.values():
+                await channel.close()
+            await spool.close()
 
 
 def frozen_total(rig: Rig, meter: str, day: dt.date) -> Decimal:
@@ -134,22 +181,29 @@ def frozen_total(rig: Rig, meter: str, day: dt.date) -> Decimal:
     return record.forward_active[0]
 
 
-async def test_three_days_with_two_silent_meters_backfilled(rig: Rig) -> None:
+@pytest.mark.parametrize("transport", ["memory", "pty+tcp"])
+async def test_three_days_with_two_silent_meters_backfilled(transport: str, tmp_path: Path) -> None:
+    rigs = {"memory": memory_rig, "pty+tcp": wire_rig}
+    async with rigs[transport](tmp_path) as rig:
+        await _three_days(rig, step=dt.timedelta(minutes=10 if transport == "memory" else 120))
+
+
+async def _three_days(rig: Rig, step: dt.timedelta) -> None:
     day1, day2, day3 = dt.date(2025, 6, 1), dt.date(2025, 6, 2), dt.date(2025, 6, 3)
     await rig.work_all()
-    await rig.live_through(dt.datetime(2025, 6, 2, 23, 50, tzinfo=ZONE))
+    await rig.live_through(dt.datetime(2025, 6, 2, 23, 50, tzinfo=ZONE), step)
 
     day2_ledger = {(e.meter, e.item): e for e in await rig.spool.ledger(day=day2)}
     for meter in SILENT:
         entry = day2_ledger[(meter, Item.DAILY_FROZEN.value)]
         assert entry.state is LedgerState.FAILED
         assert entry.attempts >= 2
-    await rig.live_through(dt.datetime(2025, 6, 3, 6, 0, tzinfo=ZONE))
+    await rig.live_through(dt.datetime(2025, 6, 3, 6, 0, tzinfo=ZONE), step)
 
     # The ledger of each day is complete for every meter that answers for itself.
     for day in (day1, day2, day3):
         for entry in await rig.spool.ledger(day=day):
-            if entry.meter == WRONG:
+            if entry.meter == WRONG and rig.channels["rs485-1"].__class__ is MemoryChannel:
                 continue
             assert entry.state is LedgerState.DONE, entry
     # Day 2 of the silent meters came from their history on day 3, equal to the simulator.
@@ -243,3 +297,25 @@ async def test_final_failure_is_never_due_again(rig: Rig) -> None:
     assert all(e.reason for e in never)
     due = await rig.spool.due(rig.clock.now())
     assert not [e for e in due if e.next_attempt == NEVER]
+
+
+async def test_realtime_snapshots_every_slot_and_missed_slots_are_not_read_late(
+    tmp_path: Path,
+) -> None:
+    async with memory_rig(tmp_path, collection={"realtime_interval_s": 900}) as rig:
+        await rig.work_all()
+        await rig.live_through(START + dt.timedelta(hours=2), dt.timedelta(minutes=5))
+        meter = "000000001001"
+        snaps = await rig.spool.readings(meter=meter, kind=ReadingKind.REALTIME)
+        times = sorted({r.data_time for r in snaps})
+        assert len(times) >= 8  # 08:00 .. 10:00, every quarter of an hour
+        for a, b in itertools.pairwise(times):
+            assert dt.timedelta(minutes=10) <= b - a <= dt.timedelta(minutes=20)
+        assert {r.di for r in snaps} >= {"0001FF00", "0201FF00"}
+        # The gateway was down for an hour: those slots are not read afterwards.
+        rig.clock.advance(3600)
+        await rig.work_all()
+        skipped = [e for e in await rig.spool.ledger(meter=meter) if e.item.startswith("realtime/")
+                   and e.reason == "the real-time slot passed before it was read"]  # fmt: skip
+        assert len(skipped) >= 2
+        assert all(e.next_attempt == NEVER for e in skipped)

@@ -102,6 +102,27 @@ def items_for(meter: MeterConfig, config: Config) -> tuple[Item, ...]:
     return tuple(items)
 
 
+def item_of(name: str) -> Item:
+    """The plan item of a ledger item name (``realtime/0915`` is a real-time slot)."""
+    return Item(name.partition("/")[0])
+
+
+def known_item(name: str) -> bool:
+    return name.partition("/")[0] in Item._value2member_map_
+
+
+def realtime_slots(day: dt.date, interval_s: int, zone: ZoneInfo) -> list[tuple[str, dt.datetime]]:
+    """The real-time snapshot slots of a day: ledger item name and when it falls due."""
+    if interval_s <= 0:
+        return []
+    start = dt.datetime.combine(day, dt.time(), zone)
+    out = []
+    for k in range(0, 86400, interval_s):
+        at = start + dt.timedelta(seconds=k)
+        out.append((f"{Item.REALTIME.value}/{at:%H%M}", at))
+    return out
+
+
 def _scalar(value: Any) -> Decimal | int | str | bool | None:
     if value is ABSENT or value is None:
         return None
@@ -235,6 +256,22 @@ class Collector:
                 entries.append(
                     LedgerEntry(address, today, item.value, LedgerState.PENDING, 0, None, due, now)
                 )
+            for name, at in realtime_slots(
+                today, self.config.collection.realtime_interval_s, self.zone
+            ):
+                if at >= now - dt.timedelta(seconds=self.config.collection.realtime_interval_s):
+                    entries.append(
+                        LedgerEntry(
+                            address,
+                            today,
+                            name,
+                            LedgerState.PENDING,
+                            0,
+                            None,
+                            at.astimezone(dt.UTC),
+                            now,
+                        )
+                    )
             if self._settlement_due(today):
                 entries.append(
                     LedgerEntry(
@@ -362,7 +399,7 @@ class Collector:
         def start(entry: LedgerEntry) -> Session:
             plan = self.meters[entry.meter]
             return start_session(
-                Item(entry.item),
+                item_of(entry.item),
                 plan.address,
                 plan.edition,
                 self.zone,
@@ -405,7 +442,7 @@ class Collector:
 
     def _on_bus(self, entry: LedgerEntry, bus: str) -> bool:
         plan = self.meters.get(entry.meter)
-        return plan is not None and plan.bus == bus and entry.item in Item._value2member_map_
+        return plan is not None and plan.bus == bus and known_item(entry.item)
 
     async def _collect_meter(
         self, plan: MeterPlan, entries: Sequence[LedgerEntry], access: MeterAccess
@@ -432,8 +469,14 @@ class Collector:
         for entry in sorted(entries, key=lambda e: (e.day, e.item != Item.DAILY_FROZEN)):
             if self.stopping:
                 break
+            if self._stale_snapshot(entry, now):
+                stale = SessionResult(
+                    ok=False, reason="the real-time slot passed before it was read"
+                )
+                updates.append(self._after_result(entry, stale, now))
+                continue
             session = start_session(
-                Item(entry.item),
+                item_of(entry.item),
                 plan.address,
                 plan.edition,
                 self.zone,
@@ -475,12 +518,19 @@ class Collector:
                 session.set_exchange_times(sent, self.clock.now())
             session.on_reply(exchange.reply)
 
+    def _stale_snapshot(self, entry: LedgerEntry, now: dt.datetime) -> bool:
+        if item_of(entry.item) is not Item.REALTIME or entry.next_attempt is None:
+            return False
+        late = (now - entry.next_attempt).total_seconds()
+        return late > max(self.config.collection.realtime_interval_s, 60)
+
     def _after_result(
         self, entry: LedgerEntry, result: SessionResult, now: dt.datetime
     ) -> LedgerEntry:
         if result.ok:
             return entry.with_state(LedgerState.DONE, now=now, reason=None, next_attempt=None)
-        if result.final:
+        if result.final or item_of(entry.item) is Item.REALTIME:
+            # A real-time snapshot is of its moment: a missed one is not read later.
             return entry.with_state(
                 LedgerState.FAILED, now=now, reason=result.reason, next_attempt=NEVER
             )
