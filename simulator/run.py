@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, TextIO
 
@@ -135,8 +135,10 @@ async def run_simulation(
     *,
     out: TextIO | None = None,
     stop: asyncio.Event | None = None,
+    on_started: Callable[[Simulation], None] | None = None,
 ) -> list[Endpoint]:
-    """Start ``scenario``, print the clock and one line per bus, serve until ``stop`` is set."""
+    """Start ``scenario``, print the clock and one line per bus, serve until ``stop`` is set.
+    ``on_started`` runs once everything is open, before "ready" is printed."""
     out = out or sys.stdout
     async with start_simulation(scenario, clock) as sim:
         meters = len(sim.district.meters)
@@ -146,6 +148,8 @@ async def run_simulation(
         print(describe_clock(clock), file=out)
         for endpoint in sim.endpoints:
             print(endpoint.describe(), file=out)
+        if on_started is not None:
+            on_started(sim)
         print("ready", file=out, flush=True)
         await (stop or asyncio.Event()).wait()
         return sim.endpoints

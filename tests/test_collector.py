@@ -319,3 +319,24 @@ async def test_realtime_snapshots_every_slot_and_missed_slots_are_not_read_late(
                    and e.reason == "the real-time slot passed before it was read"]  # fmt: skip
         assert len(skipped) >= 2
         assert all(e.next_attempt == NEVER for e in skipped)
+
+
+async def test_a_stop_in_the_middle_of_a_session_is_not_an_attempt(rig: Rig) -> None:
+    await rig.collector.plan()
+    channel = rig.channels["rs485-1"]
+    real_request = channel.request
+    calls = 0
+
+    async def stop_after_first(message: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            rig.collector.stop()
+        return await real_request(message)
+
+    channel.request = stop_after_first
+    await rig.collector.collect_bus("rs485-1")
+    assert calls == 1
+    entries = await rig.spool.ledger(day=START.date())
+    assert all(e.state is LedgerState.PENDING for e in entries)
+    assert all(e.attempts == 0 for e in entries)

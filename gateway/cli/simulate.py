@@ -16,10 +16,12 @@ import asyncio
 import datetime as dt
 import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from drivers.clock import ScaledClock
-from simulator.run import run_simulation
+from simulator.run import Simulation, run_simulation
 from simulator.scenario import Scenario, ScenarioError, load_scenario
 
 EX_OK = 0
@@ -31,6 +33,8 @@ examples:
   amigw simulate etc/scenarios/rs485-12.toml
   amigw simulate etc/scenarios/plc-256.toml --speed 1440          # a day per minute
   amigw simulate etc/scenarios/rs485-12.toml --start 2024-06-30T23:50:00+08:00
+  amigw simulate etc/scenarios/rs485-12.toml --gateway-config /tmp/gw.toml   # then:
+  amigw run -c /tmp/gw.toml
 """
 
 
@@ -50,6 +54,12 @@ def register(sub: Any) -> None:
         "--start",
         default=None,
         help="simulated start instant, ISO 8601 (default: the scenario's start)",
+    )
+    p.add_argument(
+        "--gateway-config",
+        metavar="FILE",
+        default=None,
+        help="also write the gateway configuration for this district (for amigw run -c FILE)",
     )
     p.set_defaults(handler=run)
 
@@ -80,17 +90,32 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
             )
             return EX_USAGE
     clock = ScaledClock(scenario.start, args.speed)
-    asyncio.run(_serve(scenario, clock, out))
+    asyncio.run(_serve(scenario, clock, out, args.gateway_config))
     return EX_OK
 
 
-async def _serve(scenario: Scenario, clock: ScaledClock, out: TextIO) -> None:
+def _writer(path: str, clock: ScaledClock, out: TextIO) -> Callable[[Simulation], None]:
+    def write(sim: Simulation) -> None:
+        from gateway.demo import config_for_simulation  # noqa: PLC0415 - only with the option
+
+        target = Path(path).resolve()
+        text = config_for_simulation(sim, target.with_name(target.stem + "-spool.sqlite"), clock)
+        target.write_text(text, encoding="utf-8")
+        print(f"gateway configuration {target}", file=out)
+
+    return write
+
+
+async def _serve(
+    scenario: Scenario, clock: ScaledClock, out: TextIO, config: str | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await run_simulation(scenario, clock, out=out, stop=stop)
+        on_started = _writer(config, clock, out) if config else None
+        await run_simulation(scenario, clock, out=out, stop=stop, on_started=on_started)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

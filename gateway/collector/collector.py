@@ -484,8 +484,10 @@ class Collector:
                 day=entry.day,
             )
             await self._drive(session, access)
-            attempted += 1
             result = session.result
+            if result.interrupted:
+                break  # not an attempt: the entry stays as it was for the next start
+            attempted += 1
             read_time = self.clock.now()
             readings.extend(
                 to_reading(plan.address, c, read_time, plan.bus) for c in result.collected
@@ -506,6 +508,7 @@ class Collector:
         while (request := session.next_request()) is not None:
             if self.stopping:
                 session.on_failure("stopped: the gateway is shutting down")
+                session.result.interrupted = True
                 return
             sent = self.clock.now()
             try:

@@ -76,6 +76,7 @@ class SessionResult:
     final: bool = False  # no retry can succeed (e.g. history a 1997 meter does not keep)
     collected: list[Collected] = field(default_factory=list)
     clock_drift_s: float | None = None
+    interrupted: bool = False  # cut short by a shutdown: not an attempt, nothing to record
 
 
 def _no_data(reply: Message) -> bool:
