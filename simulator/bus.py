@@ -215,6 +215,7 @@ class TcpBus:
         self._segment = _Segment(district, config)
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._client, self.host, 0)
@@ -223,11 +224,18 @@ class TcpBus:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        for task in list(self._clients):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Hang up on the gateways rather than cancel their handlers: asyncio logs a cancelled
+        # connection handler as an error.
+        for writer in list(self._writers):
+            writer.close()
+        tasks = list(self._clients)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=1.0)
+            for task in stuck:
+                task.cancel()
+            for task in stuck:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -247,6 +255,7 @@ class TcpBus:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
+        self._writers.add(writer)
         framer = Dlt645Framer()
         gap = idle_gap(self.config.baud)
         preamble_seen = 0
@@ -279,6 +288,7 @@ class TcpBus:
             return
         finally:
             self._clients.discard(task)
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
