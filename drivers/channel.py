@@ -38,6 +38,7 @@ from protocols.dlt645.frame import Direction
 from protocols.errors import RemoteProtocolError
 from protocols.framing import NEED_DATA
 
+from .backoff import MeterBackoff
 from .clock import Clock
 from .errors import LinkError, MeterRestingError, MeterTimeoutError, ReplyCorruptedError
 from .link import Link
@@ -67,12 +68,6 @@ class ChannelStatistics:
     broadcasts: int
     link_errors: int
     framing: MappingProxyType[str, int]
-
-
-@dataclass(slots=True)
-class _Health:
-    failures: int = 0
-    resting_until: dt.datetime | None = None
 
 
 @dataclass(slots=True)
@@ -121,7 +116,12 @@ class Dlt645Channel:
         self._lock = asyncio.Lock()
         self._framer = Dlt645Framer()
         self._counters = _Counters()
-        self._health: dict[Address, _Health] = {}
+        self._backoff = MeterBackoff(
+            clock,
+            after=settings.backoff_after,
+            initial_s=settings.backoff_initial_s,
+            max_s=settings.backoff_max_s,
+        )
         self._last_end = 0.0
 
     # -- state ------------------------------------------------------------------------------
@@ -135,21 +135,13 @@ class Dlt645Channel:
         )  # fmt: skip
 
     def resting_until(self, address: Address) -> dt.datetime | None:
-        h = self._health.get(address)
-        if h is None or h.resting_until is None or h.resting_until <= self.clock.now():
-            return None
-        return h.resting_until
+        return self._backoff.resting_until(address)
 
     def _succeeded(self, address: Address) -> None:
-        self._health.pop(address, None)
+        self._backoff.succeeded(address)
 
     def _failed(self, address: Address) -> None:
-        h = self._health.setdefault(address, _Health())
-        h.failures += 1
-        over = h.failures - self.settings.backoff_after
-        if over >= 0:
-            rest = min(self.settings.backoff_initial_s * 2**over, self.settings.backoff_max_s)
-            h.resting_until = self.clock.now() + dt.timedelta(seconds=rest)
+        self._backoff.failed(address)
 
     # -- requests ---------------------------------------------------------------------------
     async def request(self, message: Message) -> Exchange:

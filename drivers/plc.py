@@ -71,6 +71,7 @@ from protocols.q13762 import (
 )
 from protocols.q13762 import ReadRequest as RouterAsks
 
+from .backoff import MeterBackoff
 from .channel import Exchange
 from .clock import Clock
 from .errors import (
@@ -186,12 +187,6 @@ class _Counters:
     unhandled: int = 0
 
 
-@dataclass(slots=True)
-class _Health:
-    failures: int = 0
-    resting_until: dt.datetime | None = None
-
-
 class RouterState(enum.Enum):
     """What the driver believes the router is doing (a point read pauses only a running one)."""
 
@@ -227,7 +222,12 @@ class PlcDriver:
             on_request=self._module_request,
         )
         self._counters = _Counters()
-        self._health: dict[Address, _Health] = {}
+        self._backoff = MeterBackoff(
+            clock,
+            after=settings.backoff_after,
+            initial_s=settings.backoff_initial_s,
+            max_s=settings.backoff_max_s,
+        )
         self._state = _State()
         self._run_mode_seen = asyncio.Event()
         self._round: RoundRun | None = None
@@ -247,21 +247,13 @@ class PlcDriver:
         )  # fmt: skip
 
     def resting_until(self, address: Address) -> dt.datetime | None:
-        h = self._health.get(address)
-        if h is None or h.resting_until is None or h.resting_until <= self.clock.now():
-            return None
-        return h.resting_until
+        return self._backoff.resting_until(address)
 
     def _succeeded(self, address: Address) -> None:
-        self._health.pop(address, None)
+        self._backoff.succeeded(address)
 
     def _failed(self, address: Address) -> None:
-        h = self._health.setdefault(address, _Health())
-        h.failures += 1
-        over = h.failures - self.settings.backoff_after
-        if over >= 0:
-            rest = min(self.settings.backoff_initial_s * 2**over, self.settings.backoff_max_s)
-            h.resting_until = self.clock.now() + dt.timedelta(seconds=rest)
+        self._backoff.failed(address)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> ModuleInfo:

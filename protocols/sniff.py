@@ -17,9 +17,8 @@ from typing import Any
 from protocols.errors import ProtocolError
 
 from .dlt645.frame import decode_frame as decode_645
-from .dlt645.framer import Rejection
 from .dlt698.sniff import probe_698
-from .framing import Candidate
+from .framing import Candidate, Rejection
 from .q13762.sniff import probe_13762
 
 

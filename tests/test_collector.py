@@ -156,7 +156,7 @@ async def wire_rig(tmp_path: Path) -> AsyncIterator[Rig]:
     clock = ManualClock(START)
     async with start_simulation(scenario, clock) as sim:
         pty, tcp = sim.endpoint("rs485-1"), sim.endpoint("rs485-2")
-        fast = {"timeout_ms": 150, "retries": 1, "inter_frame_gap_ms": 0}
+        fast = {"timeout_ms": 300, "retries": 1, "inter_frame_gap_ms": 0}
         buses = {
             "rs485-1": {"kind": "serial", "device": pty.path, "baud": 19200, "parity": "N", **fast},
             "rs485-2": {"kind": "tcp", "host": tcp.host, "port": tcp.port, "baud": 19200, **fast},
