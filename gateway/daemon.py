@@ -1,8 +1,11 @@
 """``amigw run``: the daemon. Everything runs under one ``asyncio.TaskGroup``.
 
-Start-up order: configuration (already validated), clock, spool, bus channels, collector.
-SIGTERM or SIGINT asks the collector to stop: the exchange in flight finishes, its results are
-committed, the channels and the spool are closed, and the process exits 0.
+Start-up order: configuration (already validated), clock, spool, bus channels, collector, and
+the uplink when ``[uplink]`` is configured (it runs beside the collector in the same TaskGroup).
+SIGTERM or SIGINT asks both to stop: the exchange in flight finishes, its results are committed,
+the uplink settles its PUBACKs and says ``offline``, the channels and the spool are closed, and
+the process exits 0. A full spool (``SpoolFullError`` after eviction) pauses collection instead
+of ending the daemon.
 """
 
 from __future__ import annotations
@@ -19,13 +22,18 @@ from drivers.clock import Clock, ScaledClock, SystemClock
 from drivers.errors import DriverError
 from drivers.link import Link, SerialSettings, serial_opener, tcp_opener
 from drivers.plc import PlcDriver, PlcSettings
+from gateway.checks import Checker
 from gateway.collector.collector import Collector, MeterAccess, RoundRunner
 from gateway.config import Config, Edition, SerialBusConfig, TcpBusConfig
+from gateway.uplink import Uplink
 from protocols.bcd import Address
 from protocols.q13762 import ProtocolType
-from spool import Event, JSONValue, Spool
+from spool import Event, JSONValue, Spool, SpoolFullError
 
 log = logging.getLogger("amigw.daemon")
+
+#: how long collection pauses after the spool stayed full even after eviction
+FULL_PAUSE_S = 60.0
 
 
 def make_clock(config: Config) -> Clock:
@@ -117,25 +125,54 @@ class Daemon:
     collector: Collector
     plc: PlcDriver | None = None
     on_ready: list[Callable[[], None]] = field(default_factory=list)
+    uplink: Uplink | None = None
+    checker: Checker | None = None
 
     def stop(self) -> None:
         self.collector.stop()
+        if self.uplink is not None:
+            self.uplink.stop()
+        if self.checker is not None:
+            self.checker.stop()
 
     async def run(self) -> None:
         for callback in self.on_ready:
             callback()
         try:
-            await self.collector.run()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._collect(), name="collector")
+                if self.uplink is not None:
+                    tasks.create_task(self.uplink.run(), name="uplink")
+                if self.checker is not None:
+                    tasks.create_task(self.checker.run(), name="checks")
         finally:
             for channel in self.channels.values():
                 await channel.close()
             if self.plc is not None:
                 await self.plc.close()
 
+    async def _collect(self) -> None:
+        """The collector, restarted after a pause when the spool is full (it re-plans from the
+        ledger, so the items whose commit failed are read again)."""
+        while not self.collector.stopping:
+            try:
+                await self.collector.run()
+            except* SpoolFullError as group:
+                log.error(
+                    "spool full even after eviction; collection pauses %.0f s: %s",
+                    FULL_PAUSE_S, group.exceptions[0],
+                )  # fmt: skip
+            else:
+                return
+            waited = 0.0
+            while waited < FULL_PAUSE_S and not self.collector.stopping:
+                await self.clock.sleep(1.0)
+                waited += 1.0
+
 
 async def build(config: Config, clock: Clock | None = None) -> Daemon:
     clock = clock or make_clock(config)
-    spool = await Spool.open(config.spool.path)
+    spool = await Spool.open(config.spool.path, max_bytes=config.spool.max_bytes, clock=clock)
     channels = {b.name: make_channel(b, clock) for b in config.bus}
     accesses: dict[str, MeterAccess] = dict(channels)
     rounds: dict[str, RoundRunner] = {}
@@ -147,7 +184,14 @@ async def build(config: Config, clock: Clock | None = None) -> Daemon:
         if config.plc is not None and config.plc.mode == "router":
             rounds["plc"] = plc
     collector = Collector(config, spool, accesses, clock, rounds=rounds, prepare=prepare)
-    return Daemon(config, clock, spool, channels, collector, plc)
+    daemon = Daemon(config, clock, spool, channels, collector, plc)
+    if config.uplink is not None:
+        daemon.uplink = Uplink(config.uplink, config.gateway.id, spool, clock)
+    uplink = daemon.uplink
+    # The checks' auto-protect (no cut-off while the head-end is unreachable) asks the uplink.
+    headend = None if uplink is None else (lambda: uplink.statistics().connected)
+    daemon.checker = Checker(config, spool, clock, headend=headend)
+    return daemon
 
 
 async def serve(config: Config, clock: Clock | None = None) -> int:

@@ -1,14 +1,30 @@
 """The durable store on flash (SQLite, WAL, synchronous=FULL): readings, ledger, alarms, outbox."""
 
+from spool.caps import CapsStatistics, EvictionClass, EvictionReport
+from spool.checks_store import (
+    CLEARED_SUFFIX,
+    AlarmClear,
+    AlarmState,
+    BalanceEntry,
+    BalanceKind,
+    ChecksStore,
+    LineLossResult,
+    LineLossState,
+    PostedEntry,
+    ScanRow,
+)
 from spool.errors import (
     SpoolClosedError,
     SpoolCorruptError,
     SpoolError,
+    SpoolFullError,
     SpoolIntegrityError,
     SpoolUnavailableError,
     SpoolVersionError,
 )
+from spool.outbox import Batch, BatchRef, Outbox, OutboxStatistics, Stream, Take
 from spool.records import (
+    Alarm,
     Clock,
     Event,
     JSONValue,
@@ -19,31 +35,54 @@ from spool.records import (
     Reading,
     ReadingKind,
     ReadingValue,
+    Severity,
     SpoolStatistics,
 )
 from spool.schema import MIGRATIONS, SCHEMA_VERSION, Migration
 from spool.store import Spool
 
 __all__ = [
+    "CLEARED_SUFFIX",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "Alarm",
+    "AlarmClear",
+    "AlarmState",
+    "BalanceEntry",
+    "BalanceKind",
+    "Batch",
+    "BatchRef",
+    "CapsStatistics",
+    "ChecksStore",
     "Clock",
     "Event",
+    "EvictionClass",
+    "EvictionReport",
     "JSONValue",
     "LedgerEntry",
     "LedgerState",
     "LedgerSummary",
+    "LineLossResult",
+    "LineLossState",
     "Migration",
+    "Outbox",
+    "OutboxStatistics",
+    "PostedEntry",
     "Quality",
     "Reading",
     "ReadingKind",
     "ReadingValue",
+    "ScanRow",
+    "Severity",
     "Spool",
     "SpoolClosedError",
     "SpoolCorruptError",
     "SpoolError",
+    "SpoolFullError",
     "SpoolIntegrityError",
     "SpoolStatistics",
     "SpoolUnavailableError",
     "SpoolVersionError",
+    "Stream",
+    "Take",
 ]

@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from spool.records import (
+    Alarm,
     Event,
     JSONValue,
     LedgerEntry,
@@ -28,6 +29,7 @@ from spool.records import (
     Reading,
     ReadingKind,
     ReadingValue,
+    Severity,
 )
 
 DECIMAL_TAG = "$dec"
@@ -118,6 +120,7 @@ def require_aware(name: str, moment: datetime) -> datetime:
 ReadingRow = tuple[str, str, int, str, str, str, str, str, str]
 LedgerRow = tuple[str, str, str, str, int, str | None, str | None, str]
 EventRow = tuple[str, str, str, int, str, str]
+AlarmRow = tuple[str, str, int, str, str, str, str, str]
 
 
 def reading_row(r: Reading) -> ReadingRow:
@@ -193,5 +196,31 @@ def row_event(row: Sequence[Any]) -> Event:
         type=type_,
         subject=subject,
         event_time=datetime.fromisoformat(event_time),
+        details=loads(details),
+    )
+
+
+def alarm_row(a: Alarm) -> AlarmRow:
+    return (
+        a.meter,
+        a.type,
+        epoch_micros(a.window_start),
+        a.window_start.isoformat(),
+        a.window_end.isoformat(),
+        a.raised.isoformat(),
+        a.severity.value,
+        dumps(a.details),
+    )
+
+
+def row_alarm(row: Sequence[Any]) -> Alarm:
+    meter, type_, _us, window_start, window_end, raised, severity, details = row
+    return Alarm(
+        meter=meter,
+        type=type_,
+        window_start=datetime.fromisoformat(window_start),
+        window_end=datetime.fromisoformat(window_end),
+        raised=datetime.fromisoformat(raised),
+        severity=Severity(severity),
         details=loads(details),
     )

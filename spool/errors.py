@@ -7,6 +7,8 @@
   Upgrade; never downgrade a spool.
 * :class:`SpoolUnavailableError` — the environment refused: busy or locked past the busy
   timeout, disk full, I/O error, cannot open, read-only. Nothing was written; retry later.
+  :class:`SpoolFullError` is its disk-full (``SQLITE_FULL``) case: the store evicts by value
+  and retries once before raising it (see :mod:`spool.caps`).
 * :class:`SpoolIntegrityError` — we handed the store a record its schema refuses (a bug on our
   side). The whole transaction was rolled back; nothing of it was written.
 * :class:`SpoolClosedError` — the spool was used after :meth:`Spool.close` (a bug).
@@ -42,6 +44,10 @@ class SpoolUnavailableError(SpoolError):
     """Busy, locked, full, unreadable or unwritable right now; nothing was written."""
 
 
+class SpoolFullError(SpoolUnavailableError):
+    """The disk (or the database's page limit) is full; nothing of the transaction was written."""
+
+
 class SpoolIntegrityError(SpoolError):
     """A record violated a schema constraint; its transaction was rolled back."""
 
@@ -61,7 +67,7 @@ _CANTOPEN = 14
 _CONSTRAINT = 19
 _NOTADB = 26
 
-_UNAVAILABLE = frozenset({_BUSY, _LOCKED, _READONLY, _IOERR, _FULL, _CANTOPEN})
+_UNAVAILABLE = frozenset({_BUSY, _LOCKED, _READONLY, _IOERR, _CANTOPEN})
 _CORRUPT_CODES = frozenset({_CORRUPT, _NOTADB})
 
 
@@ -75,6 +81,8 @@ def translate(exc: sqlite3.Error, path: Path | str) -> SpoolError:
         return SpoolIntegrityError(path, f"record refused by the schema: {detail}")
     if primary in _CORRUPT_CODES:
         return SpoolCorruptError(path, f"database file is damaged: {detail}")
+    if primary == _FULL:
+        return SpoolFullError(path, f"database or disk is full: {detail}")
     if primary in _UNAVAILABLE:
         return SpoolUnavailableError(path, f"database unavailable: {detail}")
     return SpoolError(path, detail)

@@ -50,6 +50,13 @@ class ReadingKind(StrEnum):
     PREPAID = "prepaid"
 
 
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    MAJOR = "major"
+    CRITICAL = "critical"
+
+
 class LedgerState(StrEnum):
     PENDING = "pending"
     DONE = "done"
@@ -243,6 +250,45 @@ class Event:
     @property
     def key(self) -> tuple[str, str, datetime, str]:
         return (self.source, self.type, self.event_time, self.subject)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """Something found wrong at the edge (a check failed, the spool evicted data...).
+
+    Natural key: ``(meter, type, window_start)``, the time compared as an instant; ``meter``
+    is a 12-digit address, or ``""`` for an alarm about the gateway itself. ``window_start`` and
+    ``window_end`` bound the period the alarm speaks for; writing the same key again is a no-op,
+    so a check that re-runs over the same window raises its alarm once.
+    """
+
+    meter: str
+    type: str
+    window_start: datetime
+    window_end: datetime
+    raised: datetime
+    severity: Severity
+    details: Mapping[str, JSONValue] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.meter != "":
+            check_meter(self.meter)
+        if not isinstance(self.type, str) or not self.type:
+            raise ValueError(f"alarm type must be a non-empty str, got {self.type!r}")
+        _check_aware("window_start", self.window_start)
+        _check_aware("window_end", self.window_end)
+        if self.window_end < self.window_start:
+            raise ValueError("window_end is before window_start")
+        _check_aware("raised", self.raised)
+        _set(self, "severity", Severity(self.severity))
+        _set(self, "details", MappingProxyType(dict(self.details)))
+
+    @property
+    def key(self) -> tuple[str, str, datetime]:
+        return (self.meter, self.type, self.window_start)
 
     def __hash__(self) -> int:
         return hash(self.key)

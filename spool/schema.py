@@ -3,8 +3,10 @@
 ``PRAGMA user_version`` is the number of migrations applied. Each migration is a list of SQL
 statements run in ONE transaction together with the ``user_version`` bump, so a power cut in
 the middle of a migration leaves the previous version intact and the next open retries it.
-To extend the schema (the uplink outbox is next), append a :class:`Migration`; never edit or
-reorder one that has shipped.
+To extend the schema, append a :class:`Migration`; never edit or reorder one that has shipped.
+Migration 2 adds alarms, the ledger change log and the uplink outbox (see :mod:`spool.outbox`);
+migration 3 the edge checks' alarm state, prepaid balance ledger and line loss
+(see :mod:`spool.checks_store`).
 
 Tables are ``STRICT`` (SQLite >= 3.37), so a Decimal written as TEXT can never be silently
 coerced to REAL. ``kind`` and ``quality`` carry no CHECK list on purpose: their StrEnums validate
@@ -87,6 +89,170 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             ) STRICT
             """,
             "CREATE INDEX events_by_time ON events (event_us)",
+        ),
+    ),
+    Migration(
+        "alarms, ledger change log, uplink outbox, counters",
+        (
+            f"""
+            CREATE TABLE alarms (
+                id           INTEGER PRIMARY KEY AUTOINCREMENT,
+                meter        TEXT    NOT NULL CHECK (meter = '' OR ({_METER_CHECK})),
+                type         TEXT    NOT NULL CHECK (type <> ''),
+                window_us    INTEGER NOT NULL,
+                window_start TEXT    NOT NULL,
+                window_end   TEXT    NOT NULL,
+                raised       TEXT    NOT NULL,
+                severity     TEXT    NOT NULL,
+                details      TEXT    NOT NULL,
+                UNIQUE (meter, type, window_us)
+            ) STRICT
+            """,
+            # The ledger is updated in place (upserts), so the uplink cannot follow it by id:
+            # triggers copy every inserted or changed entry into this log, in the writer's own
+            # transaction, and the outbox drains the log like any other stream. Rows leave the
+            # log once the batch that carried them is acknowledged.
+            """
+            CREATE TABLE ledger_changes (
+                id           INTEGER PRIMARY KEY AUTOINCREMENT,
+                meter        TEXT    NOT NULL,
+                day          TEXT    NOT NULL,
+                item         TEXT    NOT NULL,
+                state        TEXT    NOT NULL,
+                attempts     INTEGER NOT NULL,
+                reason       TEXT,
+                next_attempt TEXT,
+                updated      TEXT    NOT NULL
+            ) STRICT
+            """,
+            """
+            CREATE TRIGGER ledger_logged_insert AFTER INSERT ON ledger BEGIN
+                INSERT INTO ledger_changes
+                    (meter, day, item, state, attempts, reason, next_attempt, updated)
+                VALUES (NEW.meter, NEW.day, NEW.item, NEW.state, NEW.attempts, NEW.reason,
+                        NEW.next_attempt, NEW.updated);
+            END
+            """,
+            """
+            CREATE TRIGGER ledger_logged_update AFTER UPDATE ON ledger BEGIN
+                INSERT INTO ledger_changes
+                    (meter, day, item, state, attempts, reason, next_attempt, updated)
+                VALUES (NEW.meter, NEW.day, NEW.item, NEW.state, NEW.attempts, NEW.reason,
+                        NEW.next_attempt, NEW.updated);
+            END
+            """,
+            # A spool upgraded from version 1 has never sent anything: its ledger as it stands
+            # is the first thing the head-end hears about collection state.
+            """
+            INSERT INTO ledger_changes
+                (meter, day, item, state, attempts, reason, next_attempt, updated)
+            SELECT meter, day, item, state, attempts, reason, next_attempt, updated
+            FROM ledger ORDER BY day, meter, item
+            """,
+            # How far each stream has been cut into batches (the highest id taken). Records
+            # above it are waiting; records at or below it are in an open batch or were sent.
+            """
+            CREATE TABLE outbox_cursor (
+                stream TEXT    PRIMARY KEY,
+                taken  INTEGER NOT NULL CHECK (taken >= 0)
+            ) STRICT, WITHOUT ROWID
+            """,
+            """
+            INSERT INTO outbox_cursor (stream, taken)
+            VALUES ('alarms', 0), ('events', 0), ('ledger', 0), ('readings', 0)
+            """,
+            # One row per batch not yet acknowledged. AUTOINCREMENT: a sequence number is never
+            # reused, even after every batch was acknowledged and deleted, so a head-end that
+            # acknowledges by number can never confirm one batch for another.
+            """
+            CREATE TABLE outbox_batches (
+                seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+                stream     TEXT    NOT NULL,
+                first_id   INTEGER NOT NULL,
+                last_id    INTEGER NOT NULL CHECK (last_id >= first_id),
+                records    INTEGER NOT NULL CHECK (records > 0),
+                created_us INTEGER NOT NULL
+            ) STRICT
+            """,
+            "CREATE INDEX outbox_batches_by_stream ON outbox_batches (stream, first_id)",
+            # Cumulative counts that must survive restarts (evictions per class).
+            """
+            CREATE TABLE spool_counters (
+                name  TEXT    PRIMARY KEY,
+                value INTEGER NOT NULL
+            ) STRICT, WITHOUT ROWID
+            """,
+        ),
+    ),
+    Migration(
+        "edge checks: alarm state, prepaid balance ledger, line loss, checks state",
+        (
+            # The life of each alarm the checks raised: active while cleared_us is NULL. Keyed
+            # like the alarm record itself; first_us is its first abnormal observation.
+            f"""
+            CREATE TABLE alarm_state (
+                meter        TEXT    NOT NULL CHECK (meter = '' OR ({_METER_CHECK})),
+                type         TEXT    NOT NULL CHECK (type <> ''),
+                start_us     INTEGER NOT NULL,
+                first_us     INTEGER NOT NULL CHECK (first_us >= start_us),
+                window_start TEXT    NOT NULL,
+                severity     TEXT    NOT NULL,
+                raised       TEXT    NOT NULL,
+                cleared_us   INTEGER,
+                cleared      TEXT,
+                PRIMARY KEY (meter, type, start_us)
+            ) STRICT, WITHOUT ROWID
+            """,
+            "CREATE INDEX alarm_state_active ON alarm_state (type, meter) WHERE cleared_us IS NULL",
+            "CREATE INDEX alarm_state_by_clear ON alarm_state (cleared_us)",
+            # Per prepaid account, a journal in the order entries were posted; balance is the
+            # running balance after the entry, year_kwh the kWh of its tariff year so far.
+            # Money and energy are Decimal text (STRICT keeps them from becoming REAL).
+            f"""
+            CREATE TABLE balance_ledger (
+                id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                account    TEXT    NOT NULL CHECK (account <> ''),
+                kind       TEXT    NOT NULL
+                           CHECK (kind IN ('opening', 'anchor', 'top_up', 'consumption')),
+                ref        TEXT    NOT NULL,
+                meter      TEXT    NOT NULL CHECK (meter = '' OR ({_METER_CHECK})),
+                entry_us   INTEGER NOT NULL,
+                entry_time TEXT    NOT NULL,
+                kwh        TEXT    NOT NULL,
+                amount     TEXT    NOT NULL,
+                balance    TEXT    NOT NULL,
+                year_kwh   TEXT    NOT NULL,
+                details    TEXT    NOT NULL,
+                UNIQUE (account, kind, ref)
+            ) STRICT
+            """,
+            "CREATE INDEX balance_ledger_by_account ON balance_ledger (account, id)",
+            "CREATE INDEX balance_ledger_by_time ON balance_ledger (entry_us)",
+            """
+            CREATE TABLE line_loss (
+                district    TEXT    NOT NULL,
+                day         TEXT    NOT NULL
+                            CHECK (day GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]'),
+                state       TEXT    NOT NULL CHECK (state IN ('complete', 'incomplete')),
+                master      TEXT    NOT NULL
+                            CHECK (length(master) = 12 AND master NOT GLOB '*[^0-9]*'),
+                master_kwh  TEXT,
+                users_kwh   TEXT,
+                rate        TEXT,
+                users_read  INTEGER NOT NULL CHECK (users_read >= 0),
+                users_total INTEGER NOT NULL CHECK (users_total >= users_read),
+                details     TEXT    NOT NULL,
+                computed    TEXT    NOT NULL,
+                PRIMARY KEY (district, day)
+            ) STRICT, WITHOUT ROWID
+            """,
+            # Small facts the checks keep across restarts (when each meter was first watched).
+            """
+            CREATE TABLE checks_state (
+                name  TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            ) STRICT, WITHOUT ROWID
+            """,
         ),
     ),
 )

@@ -9,6 +9,12 @@ is rebuilt.
 
 One connection, one asyncio lock: every statement (reads included) runs under the lock, so a
 reader can never observe another task's uncommitted rows, and transactions never interleave.
+
+Every record write goes through :meth:`Spool._write`: on ``SQLITE_FULL`` it has
+:class:`~spool.caps.Caps` evict by value and retries once, counts the failure, and raises
+:class:`SpoolFullError` only when nothing could be freed or the retry fails too (nothing is
+ever dropped silently); after a commit it wakes :meth:`wait_written` waiters (the uplink) and
+lets the caps check the size cap.
 """
 
 from __future__ import annotations
@@ -17,19 +23,28 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 import aiosqlite
 
 from spool import codec
-from spool.errors import SpoolClosedError, SpoolCorruptError, SpoolError, translate
+from spool.caps import Caps
+from spool.errors import (
+    SpoolClosedError,
+    SpoolCorruptError,
+    SpoolError,
+    SpoolFullError,
+    translate,
+)
 from spool.records import (
+    Alarm,
+    Clock,
     Event,
     LedgerEntry,
     LedgerState,
@@ -73,17 +88,48 @@ _INSERT_EVENT: Final = (
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 _SELECT_EVENTS: Final = "SELECT source, type, subject, event_us, event_time, details FROM events"
+_INSERT_ALARM: Final = (
+    "INSERT INTO alarms "
+    "(meter, type, window_us, window_start, window_end, raised, severity, details) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_SELECT_ALARMS: Final = (
+    "SELECT meter, type, window_us, window_start, window_end, raised, severity, details FROM alarms"
+)
 _RATE_PLACES: Final = Decimal("0.0001")
+
+T = TypeVar("T")
+
+
+class _SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
 
 
 class Spool:
     """The durable store. Create with :meth:`open` or :meth:`connect`; always close it."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path, version: int) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        path: Path,
+        version: int,
+        *,
+        max_bytes: int | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self._conn: aiosqlite.Connection | None = conn
         self._path = path
         self._version = version
         self._lock = asyncio.Lock()
+        self._written = asyncio.Event()
+        self._write_count = 0
+        # Helpers holding their own connection to this file (the outbox's reader) register
+        # their close here, so closing the spool never leaves a worker thread behind.
+        self._dependents: list[Callable[[], Awaitable[None]]] = []
+        self.clock: Clock = clock or _SystemClock()
+        #: size cap, eviction by value and disk-full relief (see :mod:`spool.caps`)
+        self.caps = Caps(self, max_bytes)
 
     # -- opening and closing -------------------------------------------------------------------
 
@@ -94,9 +140,13 @@ class Spool:
         *,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         quick_check: bool = True,
+        max_bytes: int | None = None,
+        clock: Clock | None = None,
     ) -> Spool:
         """Open (creating and migrating if needed) the spool at ``path``.
 
+        ``max_bytes`` caps the pages in use (see :class:`~spool.caps.Caps`; ``None``: no cap,
+        though a full disk is still relieved by eviction). ``clock`` stamps eviction alarms.
         Raises :class:`SpoolCorruptError` when the file is damaged, :class:`SpoolVersionError`
         when it is newer than this code, :class:`SpoolUnavailableError` when it cannot be
         opened or stays locked past ``busy_timeout`` seconds.
@@ -120,7 +170,7 @@ class Spool:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, file, version)
+        return cls(conn, file, version, max_bytes=max_bytes, clock=clock)
 
     @classmethod
     @asynccontextmanager
@@ -130,16 +180,28 @@ class Spool:
         *,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         quick_check: bool = True,
+        max_bytes: int | None = None,
+        clock: Clock | None = None,
     ) -> AsyncIterator[Spool]:
         """``async with Spool.connect(path) as spool:`` — opened, and closed on the way out."""
-        spool = await cls.open(path, busy_timeout=busy_timeout, quick_check=quick_check)
+        spool = await cls.open(
+            path,
+            busy_timeout=busy_timeout,
+            quick_check=quick_check,
+            max_bytes=max_bytes,
+            clock=clock,
+        )
         try:
             yield spool
         finally:
             await spool.close()
 
     async def close(self) -> None:
-        """Wait for the transaction in progress, then close. Idempotent."""
+        """Close dependents (an outbox's reader), wait for the transaction in progress, then
+        close. Idempotent."""
+        dependents, self._dependents = self._dependents, []
+        for close in dependents:
+            await close()
         async with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
@@ -207,6 +269,39 @@ class Spool:
             except sqlite3.Error as exc:
                 raise translate(exc, self._path) from exc
 
+    async def _write(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction; on a full disk evict by value and retry once."""
+        try:
+            async with self._transaction() as conn:
+                result = await work(conn)
+        except SpoolFullError as exc:
+            if not await self.caps.relieve_full(exc):
+                raise
+            try:
+                async with self._transaction() as conn:
+                    result = await work(conn)
+            except SpoolFullError:
+                self.caps.full_errors += 1
+                raise
+        self._write_count += 1
+        self._written.set()
+        await self.caps.after_write()
+        return result
+
+    # -- change notification -------------------------------------------------------------------
+
+    @property
+    def write_count(self) -> int:
+        """How many record writes (readings, ledger, events, alarms) committed since open."""
+        return self._write_count
+
+    async def wait_written(self, seen: int) -> int:
+        """Return :attr:`write_count` once it is above ``seen`` (a commit happened since)."""
+        while self._write_count <= seen:
+            self._written.clear()
+            await self._written.wait()
+        return self._write_count
+
     # -- readings ------------------------------------------------------------------------------
 
     async def write_readings(self, readings: Sequence[Reading]) -> int:
@@ -217,8 +312,11 @@ class Spool:
         rows = [codec.reading_row(r) for r in readings]
         if not rows:
             return 0
-        async with self._transaction() as conn:
+
+        async def work(conn: aiosqlite.Connection) -> int:
             return (await conn.executemany(_INSERT_READING, rows)).rowcount
+
+        return await self._write(work)
 
     async def commit_collection(
         self, readings: Sequence[Reading], ledger_updates: Sequence[LedgerEntry]
@@ -230,13 +328,16 @@ class Spool:
         """
         reading_rows = [codec.reading_row(r) for r in readings]
         ledger_rows = [codec.ledger_row(e) for e in ledger_updates]
-        async with self._transaction() as conn:
+
+        async def work(conn: aiosqlite.Connection) -> int:
             new = 0
             if reading_rows:
                 new = (await conn.executemany(_INSERT_READING, reading_rows)).rowcount
             if ledger_rows:
                 await conn.executemany(_UPSERT_LEDGER, ledger_rows)
             return new
+
+        return await self._write(work)
 
     async def readings(
         self,
@@ -291,16 +392,22 @@ class Spool:
         rows = [codec.ledger_row(e) for e in entries]
         if not rows:
             return 0
-        async with self._transaction() as conn:
+
+        async def work(conn: aiosqlite.Connection) -> int:
             return (await conn.executemany(_INSERT_LEDGER, rows)).rowcount
+
+        return await self._write(work)
 
     async def update_ledger(self, entries: Iterable[LedgerEntry]) -> None:
         """Insert or replace the entries by ``(meter, day, item)``, in one transaction."""
         rows = [codec.ledger_row(e) for e in entries]
         if not rows:
             return
-        async with self._transaction() as conn:
+
+        async def work(conn: aiosqlite.Connection) -> None:
             await conn.executemany(_UPSERT_LEDGER, rows)
+
+        await self._write(work)
 
     async def ledger(
         self,
@@ -360,8 +467,11 @@ class Spool:
         rows = [codec.event_row(e) for e in events]
         if not rows:
             return 0
-        async with self._transaction() as conn:
+
+        async def work(conn: aiosqlite.Connection) -> int:
             return (await conn.executemany(_INSERT_EVENT, rows)).rowcount
+
+        return await self._write(work)
 
     async def events(
         self,
@@ -386,6 +496,43 @@ class Spool:
         params.append(-1 if limit is None else limit)
         sql = _query(_SELECT_EVENTS, where, "ORDER BY event_us, id LIMIT ?")
         return [codec.row_event(row) for row in await self._fetch(sql, params)]
+
+    # -- alarms --------------------------------------------------------------------------------
+
+    async def write_alarms(self, alarms: Sequence[Alarm]) -> int:
+        """Write alarms in one transaction; return how many were new (same key: skipped)."""
+        rows = [codec.alarm_row(a) for a in alarms]
+        if not rows:
+            return 0
+
+        async def work(conn: aiosqlite.Connection) -> int:
+            return (await conn.executemany(_INSERT_ALARM, rows)).rowcount
+
+        return await self._write(work)
+
+    async def alarms(
+        self,
+        since: datetime | None = None,
+        type: str | None = None,
+        *,
+        meter: str | None = None,
+        limit: int | None = None,
+    ) -> list[Alarm]:
+        """Alarms ordered by window start (then as written); ``since`` is inclusive."""
+        where: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            where.append("window_us >= ?")
+            params.append(codec.epoch_micros(codec.require_aware("since", since)))
+        if type is not None:
+            where.append("type = ?")
+            params.append(type)
+        if meter is not None:
+            where.append("meter = ?")
+            params.append(meter)
+        params.append(-1 if limit is None else limit)
+        sql = _query(_SELECT_ALARMS, where, "ORDER BY window_us, id LIMIT ?")
+        return [codec.row_alarm(row) for row in await self._fetch(sql, params)]
 
     # -- statistics ----------------------------------------------------------------------------
 

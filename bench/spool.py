@@ -13,7 +13,7 @@ transaction per batch, ``synchronous=FULL`` (so every batch pays its fsync, as o
 Both sides get a fresh file per round and the rounds alternate, so page cache and disk state
 are shared fairly. Prints readings/s for both and the ratio a/b. Target: a/b >= 0.5.
 
-    .venv/bin/python bench/spool_write.py [--dir DIR] [--days N] [--rounds N]
+    .venv/bin/python bench/spool.py [--dir DIR] [--days N] [--rounds N]
 
 ``--dir`` should be on the storage you care about (the default is the system temp dir).
 """
@@ -23,14 +23,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sqlite3
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from spool import MIGRATIONS, Quality, Reading, ReadingKind, ReadingValue, Spool
+# Run as a script, this file's directory comes first on sys.path and "spool" would import this
+# file instead of the package.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+from spool import MIGRATIONS, Quality, Reading, ReadingKind, ReadingValue, Spool  # noqa: E402
 
 METERS = 256
 CST = timezone(timedelta(hours=8))

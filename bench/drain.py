@@ -1,0 +1,246 @@
+"""Uplink drain throughput: one million spooled readings through the real ``Uplink`` vs a raw
+aiomqtt loop publishing the same payloads, against a local mosquitto started here.
+
+Workload: 250 meters x 4000 days of daily frozen readings (DI 05060101, five Decimal values),
+written into a fresh spool first (not timed).
+
+(a) ``Uplink`` — cuts batches from the outbox (``batch_max_records`` per batch, one
+    transaction per group of batches), renders them in SQLite, publishes with QoS 1 and a window
+    of ``window`` publishes in flight, and deletes each batch from the outbox when its PUBACK
+    arrives (acks grouped per commit, ``synchronous=FULL``). Timed from start until the last
+    batch's acknowledgement is committed. Pacing is off (``drain_records_per_s = 0``).
+(b) the baseline: one aiomqtt client publishing the very payloads (a) sent, in the same order,
+    QoS 1, the same window (a semaphore around ``await publish``), no spool and no rendering.
+
+Prints readings/s for both and the ratio a/b. Target: a/b >= 0.7.
+
+    .venv/bin/python bench/drain.py [--readings N] [--batch N] [--window N] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+# Run as a script, this file's directory comes first on sys.path and "spool" would import
+# bench/spool.py instead of the package.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import aiomqtt  # noqa: E402
+
+from drivers.clock import SystemClock  # noqa: E402
+from gateway.config import UplinkConfig  # noqa: E402
+from gateway.uplink import Uplink  # noqa: E402
+from spool import Batch, Quality, Reading, ReadingKind, ReadingValue, Spool, codec  # noqa: E402
+
+METERS = 250
+CST = timezone(timedelta(hours=8))
+DAY0 = datetime(2014, 1, 1, tzinfo=CST)
+TARIFFS = ("total", "t1", "t2", "t3", "t4")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def mosquitto(directory: Path) -> Iterator[int]:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    conf = directory / "mosquitto.conf"
+    conf.write_text(
+        f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
+        "set_tcp_nodelay true\n"
+        f"log_dest file {directory}/mosquitto.log\n"
+    )
+    process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("mosquitto did not start") from None
+                time.sleep(0.02)
+        yield port
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def sample(day: int, meter: int, read: datetime) -> Reading:
+    base = Decimal(1000 + meter * 17 + day * 9) + Decimal(meter % 100) / 100
+    values = {
+        name: ReadingValue(base / (1 if i == 0 else 4) + Decimal("0.00"), "kWh")
+        for i, name in enumerate(TARIFFS)
+    }
+    return Reading(
+        f"{meter:012d}",
+        "05060101",
+        DAY0 + timedelta(days=day),
+        read,
+        values,
+        Quality.OK,
+        ReadingKind.DAILY_FROZEN,
+        "rs485-1",
+    )
+
+
+def fill(path: Path, readings: int) -> None:
+    """Spool ``readings`` readings: rows made by the spool's own codec, inserted in bulk (the
+    fill is not what is measured, and building a million Reading objects would take minutes)."""
+    read = datetime(2024, 6, 1, tzinfo=UTC)
+    template = codec.reading_row(sample(0, 0, read))
+    insert = (
+        "INSERT INTO readings (meter, di, data_epoch, data_time, read_time, kind, quality, "
+        "source, value_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    for day in range(readings // METERS):
+        rows = []
+        for meter in range(METERS):
+            if meter == 0 or day % 97 == 0:  # spot-check the shortcut against the codec
+                row = codec.reading_row(sample(day, meter, read))
+            else:
+                base = Decimal(1000 + meter * 17 + day * 9) + Decimal(meter % 100) / 100
+                parts = [base] + [base / 4 + Decimal("0.00")] * 4
+                values = ",".join(
+                    f'"{n}":{{"v":{{"$dec":"{v + Decimal("0.00")}"}},"u":"kWh"}}'
+                    for n, v in zip(TARIFFS, parts, strict=True)
+                )
+                at = DAY0 + timedelta(days=day)
+                head = (f"{meter:012d}", template[1], codec.epoch_seconds(at), at.isoformat())
+                row = (*head, *template[4:8], "{" + values + "}")
+            rows.append(row)
+        conn.executemany(insert, rows)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+async def drain_with_uplink(
+    path: Path, port: int, total: int, batch: int, window: int
+) -> tuple[float, list[bytes]]:
+    payloads: list[bytes] = []
+    async with Spool.connect(path) as spool:
+        config = UplinkConfig(
+            host="127.0.0.1",
+            port=port,
+            window=window,
+            batch_max_records=batch,
+            batch_max_age_s=0.05,
+            drain_records_per_s=0,
+            status_interval_s=3600,
+        )
+        batches = -(-total // batch)
+        done = asyncio.Event()
+        acked = 0
+
+        def on_acknowledged(seqs: Sequence[int]) -> None:
+            nonlocal acked
+            acked += len(seqs)
+            if acked >= batches:
+                done.set()
+
+        uplink = Uplink(config, "bench-gw", spool, SystemClock(), on_acknowledged=on_acknowledged)
+        encode = uplink._encoder.encode
+
+        def capture(b: Batch) -> bytes:
+            payload = encode(b)
+            payloads.append(payload)
+            return payload
+
+        uplink._encoder.encode = capture  # type: ignore[method-assign]
+        start = time.perf_counter()
+        task = asyncio.create_task(uplink.run())
+        await done.wait()
+        elapsed = time.perf_counter() - start
+        uplink.stop()
+        await task
+        assert await uplink.outbox.empty()
+        stats = uplink.statistics()
+        assert stats.records_acked == total, stats
+    return elapsed, payloads
+
+
+async def raw_publish(port: int, payloads: list[bytes], window: int) -> float:
+    async with aiomqtt.Client("127.0.0.1", port, max_inflight_messages=window) as client:
+        client.pending_calls_threshold = window + 50
+        slots = asyncio.Semaphore(window)
+
+        async def one(payload: bytes) -> None:
+            try:
+                await client.publish("amigw/bench-gw/readings", payload, qos=1)
+            finally:
+                slots.release()
+
+        start = time.perf_counter()
+        async with asyncio.TaskGroup() as tasks:
+            for payload in payloads:
+                await slots.acquire()
+                tasks.create_task(one(payload))
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=1_000_000)
+    parser.add_argument(
+        "--batch", type=int, default=UplinkConfig.model_fields["batch_max_records"].default
+    )
+    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    total = args.readings - args.readings % METERS
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="amigw-drain-") as tmp:
+        path = Path(tmp, "spool.sqlite")
+        t0 = time.perf_counter()
+
+        async def create() -> None:
+            async with Spool.connect(path):
+                pass
+
+        asyncio.run(create())
+        fill(path, total)
+        print(f"spooled {total:,} readings in {time.perf_counter() - t0:.1f} s (not timed)")
+        with mosquitto(Path(tmp)) as port:
+            spool_s, payloads = asyncio.run(
+                drain_with_uplink(path, port, total, args.batch, args.window)
+            )
+            raw_s = asyncio.run(raw_publish(port, payloads, args.window))
+        size = sum(len(p) for p in payloads)
+    print(
+        f"workload: {total:,} daily frozen readings, batches of {args.batch} "
+        f"({len(payloads):,} messages, {size / 1e6:,.0f} MB), window {args.window}, QoS 1"
+    )
+    print(f"(a) Uplink drain (spool, ack-delete) : {total / spool_s:10,.0f} readings/s", end="")
+    print(f" ({spool_s:.2f} s)")
+    print(f"(b) raw aiomqtt loop, same payloads  : {total / raw_s:10,.0f} readings/s", end="")
+    print(f" ({raw_s:.2f} s)")
+    ratio = raw_s / spool_s
+    verdict = "ok" if ratio >= 0.7 else "MISSED"
+    print(f"ratio a/b                            : {ratio:10.2f}  (target >= 0.7: {verdict})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,408 @@
+"""The uplink: store-and-forward from the spool's outbox to the broker, losing nothing.
+
+One connection at a time (:class:`~.session.Session`), re-established with :class:`Backoff`.
+On each connection:
+
+1. birth — the retained ``status`` ``online`` (the will, fixed at connect, is ``offline``);
+2. ``ack = "headend"``: subscribe to ``ack``;
+3. resend every open batch of the outbox, oldest ``seq`` first, with its old number;
+4. drain — cut new batches as records arrive (a full batch at once, a short one when its oldest
+   record has waited ``batch_max_age_s``), keep up to ``window`` in flight, paced by a token
+   bucket (``drain_records_per_s``) so a backlog after an outage does not flood the broker;
+5. a periodic retained status (spool depth, oldest unsent age, evictions).
+
+A batch is acknowledged by its PUBACK (``broker``) or by the head-end's ack message
+(``headend``; unanswered batches are sent again after ``headend_ack_timeout_s``). Acks are
+committed to the outbox with the next group of cut batches (see :mod:`.feed`), or by a flusher
+task that outlives connections when no cut comes along within ``ACK_DELAY_S``: one fsync per
+group instead of per batch. A batch is never deleted before its ack, and a late commit can only
+cause a duplicate.
+
+Stopping finishes the PUBACKs in flight (bounded), publishes a retained ``offline`` status,
+commits the acks and disconnects. Errors: :class:`~.errors.UplinkError` from the connection is
+logged once per distinct failure and answered with back-off; a spool that is busy or full
+delays the drain and the ack commits, and the daemon carries on; anything else propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Final
+
+from gateway import __version__
+from gateway.config import UplinkConfig
+from protocols.dlt645 import Edition, lookup
+from spool import Batch, Clock, Outbox, Spool, SpoolUnavailableError
+
+from . import status
+from .errors import BrokerRefusedError, TlsSetupError, UplinkError
+from .feed import SPOOL_RETRY_S, AckBook, Feed, first_of
+from .pacing import Pacer
+from .payloads import BatchEncoder, Topics, parse_ack
+from .reconnect import Backoff, RealTimer, Timer
+from .session import Session, SessionSettings, TlsSettings
+from .window import InFlight, Window
+
+log = logging.getLogger("amigw.uplink")
+
+#: how long a stop waits for PUBACKs of batches already handed to the broker
+_STOP_GRACE_S: Final = 10.0
+#: acknowledgements wait this long for a cut to commit them along, then commit on their own
+ACK_DELAY_S: Final = 0.05
+
+
+@functools.lru_cache(maxsize=4096)
+def di_name(di: str) -> str | None:
+    """The registry's title of a DI (8 hex digits: DL/T 645-2007, 4: 1997), or None."""
+    try:
+        code = int(di, 16)
+    except ValueError:
+        return None
+    item = lookup(Edition.V2007 if len(di) == 8 else Edition.V1997, code)
+    return None if item is None else item.title
+
+
+def session_settings(config: UplinkConfig, gateway: str, will: bytes) -> SessionSettings:
+    topics = Topics(config.prefix, gateway)
+    tls = config.tls
+    return SessionSettings(
+        host=config.host,
+        port=config.effective_port,
+        client_id=config.client_id or f"amigw-{gateway}",
+        will_topic=topics.status,
+        will_payload=will,
+        username=config.username,
+        password=None if config.password is None else config.password.get_secret_value(),
+        tls=None if tls is None else TlsSettings(tls.ca, tls.cert, tls.key, tls.insecure),
+        mqtt_version=config.mqtt_version,
+        keepalive_s=config.keepalive_s,
+        persistent=config.persistent_session,
+        session_expiry_s=config.session_expiry_s,
+        window=config.window,
+        connect_timeout_s=config.connect_timeout_s,
+        publish_timeout_s=config.publish_timeout_s,
+    )
+
+
+class Uplink:
+    """Drains ``spool`` to the broker in ``config``; :meth:`run` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: UplinkConfig,
+        gateway: str,
+        spool: Spool,
+        clock: Clock,
+        *,
+        timer: Timer | None = None,
+        rng: random.Random | None = None,
+        names: Callable[[str], str | None] = di_name,
+        on_acknowledged: Callable[[Sequence[int]], None] | None = None,
+        version: str = __version__,
+    ) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.spool = spool
+        self.clock = clock
+        self.timer: Timer = timer or RealTimer()
+        self.topics = Topics(config.prefix, gateway)
+        self.outbox = Outbox(spool, names=names)
+        self.version = version
+        self._rng = rng or random.Random()
+        self._encoder = BatchEncoder(gateway)
+        self._pacer = Pacer(
+            config.drain_records_per_s, burst=config.batch_max_records, timer=self.timer
+        )
+        self._stop = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._acks = AckBook(on_acknowledged)
+        self._window: Window | None = None
+        self._since: datetime | None = None
+        self._counts = dict.fromkeys(
+            ("connects", "connect_failures", "published", "resent", "headend_acks", "bad_acks"), 0
+        )
+        self._last_error: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish: in-flight PUBACKs, ``offline`` status, ack commits."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def statistics(self) -> status.UplinkStatistics:
+        c = self._counts
+        return status.UplinkStatistics(
+            connected=self._window is not None,
+            connects=c["connects"],
+            connect_failures=c["connect_failures"],
+            batches_published=c["published"],
+            batches_resent=c["resent"],
+            batches_acked=self._acks.batches,
+            records_acked=self._acks.records,
+            acks_uncommitted=len(self._acks.pending),
+            inflight=0 if self._window is None else len(self._window.inflight),
+            headend_acks=c["headend_acks"],
+            bad_acks=c["bad_acks"],
+            paced_s=self._pacer.waited_s,
+            last_error=self._last_error,
+        )
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._flush_acks(), name="uplink-acks")
+                try:
+                    await self._connect_loop()
+                finally:
+                    self._closing.set()
+        finally:
+            await self.outbox.close()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    async def _connect_loop(self) -> None:
+        backoff = Backoff(
+            self.config.reconnect_min_s,
+            self.config.reconnect_max_s,
+            timer=self.timer,
+            rng=self._rng,
+        )
+        while not self.stopping:
+            try:
+                await self._connect_once(backoff)
+            except UplinkError as exc:
+                self._counts["connect_failures"] += 1
+                self._log_failure(exc, backoff.failures)
+            if self.stopping:
+                break
+            await first_of(self.timer.sleep(backoff.next_delay()), self._stop.wait())
+
+    def _log_failure(self, exc: UplinkError, failures: int) -> None:
+        text = str(exc)
+        repeated = text == self._last_error
+        self._last_error = text
+        if repeated:
+            log.debug("uplink still failing (%d in a row): %s", failures + 1, text)
+        elif isinstance(exc, BrokerRefusedError | TlsSetupError):
+            log.error("uplink: %s (retrying with back-off)", text)
+        else:
+            log.warning("uplink: %s (retrying with back-off)", text)
+
+    async def _connect_once(self, backoff: Backoff) -> None:
+        will = status.offline(gateway=self.gateway, version=self.version, reason="connection lost")
+        settings = session_settings(self.config, self.gateway, will)
+        try:
+            async with Session.open(settings) as session:
+                self._counts["connects"] += 1
+                self._since = self.clock.now()
+                log.info(
+                    "uplink connected to %s:%d as %s (MQTT %s, ack=%s, window %d)",
+                    settings.host, settings.port, settings.client_id, settings.mqtt_version,
+                    self.config.ack, self.config.window,
+                )  # fmt: skip
+                try:
+                    await self._serve(session, backoff)
+                finally:
+                    self._window = None
+        except BaseExceptionGroup as group:
+            # A TaskGroup of this connection failed: report its first connection error; a bug
+            # (anything that is not an UplinkError) propagates untouched.
+            uplink, rest = group.split(UplinkError)
+            if rest is not None or uplink is None:
+                raise
+            raise _first(uplink) from group
+
+    async def _serve(self, session: Session, backoff: Backoff) -> None:
+        await session.publish(self.topics.status, await self._online(), retain=True)
+        headend = self.config.ack == "headend"
+        if headend:
+            await session.subscribe(self.topics.ack)
+        backoff.reset()
+        if self._last_error is not None:
+            log.info("uplink back after: %s", self._last_error)
+            self._last_error = None
+        window = self._window = Window(self.config.window)
+        async with asyncio.TaskGroup() as tasks:
+            side = [tasks.create_task(self._status_loop(session), name="uplink-status")]
+            if headend:
+                side.append(tasks.create_task(self._receive(session, window), name="uplink-ack"))
+                side.append(
+                    tasks.create_task(
+                        self._resend_unanswered(session, window, tasks), name="uplink-resend"
+                    )
+                )
+            await self._drain(session, window, tasks)
+            for task in side:
+                task.cancel()
+        await session.publish(
+            self.topics.status,
+            status.offline(
+                gateway=self.gateway, version=self.version, reason="shutdown", now=self.clock.now()
+            ),
+            retain=True,
+        )
+
+    # -- the drain -----------------------------------------------------------------------------
+
+    async def _drain(self, session: Session, window: Window, tasks: asyncio.TaskGroup) -> None:
+        feed = Feed(
+            self.outbox,
+            self.spool,
+            self.config,
+            size=window.size,
+            acks=self._acks,
+            clock=self.clock,
+            timer=self.timer,
+            stop=self._stop,
+        )
+        await feed.start(tasks)
+        while (item := await feed.get()) is not None:
+            batch, resend = item
+            await self._send(session, window, tasks, batch, resend=resend)
+        # Stopping: let the broker acknowledge what it already has (bounded), then leave the
+        # rest open for the next start.
+        try:
+            async with asyncio.timeout(min(_STOP_GRACE_S, self.config.publish_timeout_s)):
+                await window.wait_settled(keep_published=self.config.ack == "headend")
+        except TimeoutError:
+            log.warning("uplink stopping with %d batch(es) unacknowledged", len(window.inflight))
+        window.cancel_all()
+
+    async def _send(
+        self,
+        session: Session,
+        window: Window,
+        tasks: asyncio.TaskGroup,
+        batch: Batch,
+        *,
+        resend: bool = False,
+    ) -> None:
+        if batch.seq in self._acks:
+            return
+        if batch.count == 0:  # every record of it was evicted: nothing left to deliver
+            self._acknowledged(window, batch.seq, 0)
+            return
+        await self._pacer.take(batch.count)
+        if window.free <= 0:
+            await first_of(window.wait_free(), self._stop.wait())
+        if self.stopping:
+            return
+        entry = InFlight(batch, self._encoder.encode(batch), self.timer.monotonic())
+        window.add(entry)
+        entry.task = tasks.create_task(self._publish(session, window, entry))
+        if resend:
+            self._counts["resent"] += 1
+
+    async def _publish(self, session: Session, window: Window, entry: InFlight) -> None:
+        await session.publish(self.topics.stream(entry.batch.stream), entry.payload, qos=1)
+        self._counts["published"] += 1
+        window.published(entry)
+        if self.config.ack == "broker":
+            self._acknowledged(window, entry.batch.seq, entry.batch.count)
+
+    def _acknowledged(self, window: Window, seq: int, records: int) -> None:
+        window.release(seq)
+        self._acks.add(seq, records)
+
+    # -- head-end acknowledgement --------------------------------------------------------------
+
+    async def _receive(self, session: Session, window: Window) -> None:
+        async for topic, payload in session.messages():
+            if topic != self.topics.ack:
+                continue
+            try:
+                seqs = parse_ack(payload)
+            except UplinkError as exc:
+                self._counts["bad_acks"] += 1
+                level = logging.WARNING if self._counts["bad_acks"] == 1 else logging.DEBUG
+                log.log(level, "ignoring a bad ack from the head-end (%d so far): %s",
+                        self._counts["bad_acks"], exc)  # fmt: skip
+                continue
+            for seq in seqs:
+                self._counts["headend_acks"] += 1
+                entry = window.inflight.get(seq)
+                # An ack for a batch of an earlier connection or run still confirms it.
+                self._acknowledged(window, seq, 0 if entry is None else entry.batch.count)
+
+    async def _resend_unanswered(
+        self, session: Session, window: Window, tasks: asyncio.TaskGroup
+    ) -> None:
+        timeout = self.config.headend_ack_timeout_s
+        while True:
+            await self.timer.sleep(min(timeout / 4, 5.0))
+            now = self.timer.monotonic()
+            for entry in list(window.inflight.values()):
+                if entry.published and now - entry.sent_at >= timeout:
+                    entry.published = False
+                    entry.sent_at = now
+                    self._counts["resent"] += 1
+                    entry.task = tasks.create_task(self._publish(session, window, entry))
+
+    # -- committing acknowledgements -----------------------------------------------------------
+
+    async def _flush_acks(self) -> None:
+        """Commit acknowledgements no cut has taken along (idle periods, between connections,
+        and everything left when :meth:`run` ends)."""
+        acks = self._acks
+        failures = 0
+        while True:
+            acks.arrived.clear()
+            if not acks.pending:
+                if self._closing.is_set():
+                    return
+                await first_of(acks.arrived.wait(), self._closing.wait())
+                continue
+            await first_of(self.timer.sleep(ACK_DELAY_S), self._closing.wait())
+            batch = acks.snapshot()
+            if not batch:
+                continue
+            try:
+                await self.outbox.acknowledge(batch)
+            except SpoolUnavailableError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("uplink cannot commit acknowledgements yet: %s", exc)
+                if self._closing.is_set() and failures >= 3:
+                    log.warning("%d acknowledged batch(es) will be sent again", len(acks.pending))
+                    return
+                await self.timer.sleep(SPOOL_RETRY_S)
+                continue
+            failures = 0
+            acks.committed(batch)
+
+    # -- status --------------------------------------------------------------------------------
+
+    async def _online(self) -> bytes:
+        now = self.clock.now()
+        return status.online(
+            gateway=self.gateway,
+            version=self.version,
+            now=now,
+            since=self._since,
+            spool=await status.spool_figures(self.spool, self.outbox, now),
+            uplink=self.statistics(),
+            ack=self.config.ack,
+            window=self.config.window,
+        )
+
+    async def _status_loop(self, session: Session) -> None:
+        while True:
+            await self.timer.sleep(self.config.status_interval_s)
+            await session.publish(self.topics.status, await self._online(), retain=True)
+
+
+def _first(group: BaseExceptionGroup[UplinkError]) -> UplinkError:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        return exc
+    return UplinkError("connection failed")
