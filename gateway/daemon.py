@@ -1,11 +1,11 @@
 """``amigw run``: the daemon. Everything runs under one ``asyncio.TaskGroup``.
 
-Start-up order: configuration (already validated), clock, spool, bus channels, collector, and
-the uplink when ``[uplink]`` is configured (it runs beside the collector in the same TaskGroup).
-SIGTERM or SIGINT asks both to stop: the exchange in flight finishes, its results are committed,
-the uplink settles its PUBACKs and says ``offline``, the channels and the spool are closed, and
-the process exits 0. A full spool (``SpoolFullError`` after eviction) pauses collection instead
-of ending the daemon.
+Start-up order: configuration (already validated), clock, spool, bus channels and the PLC
+module, then the collector, the edge checks and, when ``[uplink]`` is configured, the uplink,
+side by side in the TaskGroup. SIGTERM or SIGINT asks them all to stop: the exchange in flight
+finishes, its results are committed, the uplink settles its PUBACKs and says ``offline``, the
+channels and the spool are closed, and the process exits 0. A full spool (``SpoolFullError``
+after eviction) pauses collection instead of ending the daemon.
 """
 
 from __future__ import annotations

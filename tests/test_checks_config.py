@@ -89,9 +89,9 @@ BAD = [
         '[[meter]]\naddress = "000000000002"\nbus = "b"\nprepaid = "remote"\naccount = "B"\n'
         'tariff = "x"\n',
         [
-            "amigw.toml: (top level): account[0].tariff: unknown tariff 'nope' (defined: t); "
-            "meter[1].tariff: unknown tariff 'x' (defined: t); meter[1].account: prepaid meter "
-            "000000000002 names unknown account 'B'",
+            "amigw.toml: account[0].tariff: unknown tariff 'nope' (defined: t)",
+            "amigw.toml: meter[1].tariff: unknown tariff 'x' (defined: t)",
+            "amigw.toml: meter[1].account: prepaid meter 000000000002 names unknown account 'B'",
         ],
     ),
     (

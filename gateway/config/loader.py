@@ -7,6 +7,7 @@ and ``amigw run`` print them and exit with status 78 (EX_CONFIG).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections import Counter
 from collections.abc import Sequence
@@ -75,6 +76,21 @@ def _tables(doc: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return [t if isinstance(t, dict) else {} for t in value] if isinstance(value, list) else []
 
 
+_KEYED = re.compile(r"^[A-Za-z_][\w.\[\]-]*: ")
+
+
+def _lines(err: Any, doc: dict[str, Any]) -> list[str]:
+    """The lines of one error; a whole-document check that names the key paths itself (one
+    ``path: message`` per problem, joined by ``; ``) keeps them, one line each."""
+    message = _message(err)
+    path = _path(err["loc"], doc)
+    if path == "(top level)":
+        parts = message.split("; ")
+        if all(_KEYED.match(p) for p in parts):
+            return parts
+    return [f"{path}: {message}"]
+
+
 def _cross_checks(doc: dict[str, Any]) -> list[str]:
     """References between tables, checked on the raw document so they are reported together
     with the per-key errors even when some tables are malformed."""
@@ -129,7 +145,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         config = Config.model_validate(doc)
     except ValidationError as exc:
-        errors = [f"{_path(e['loc'], doc)}: {_message(e)}" for e in exc.errors()]
+        errors = [line for e in exc.errors() for line in _lines(e, doc)]
     errors += _cross_checks(doc)
     if errors or config is None:
         raise ConfigError(source, errors)
