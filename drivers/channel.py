@@ -43,6 +43,9 @@ from .clock import Clock
 from .errors import LinkError, MeterRestingError, MeterTimeoutError, ReplyCorruptedError
 from .link import Link
 
+#: distinct foreign addresses remembered between two collector passes
+_FOREIGN_MAX = 64
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelSettings:
@@ -123,6 +126,7 @@ class Dlt645Channel:
             max_s=settings.backoff_max_s,
         )
         self._last_end = 0.0
+        self._foreign: dict[Address, int] = {}
 
     # -- state ------------------------------------------------------------------------------
     def statistics(self) -> ChannelStatistics:
@@ -133,6 +137,12 @@ class Dlt645Channel:
             c.requests, c.replies, c.timeouts, c.corrupted, c.wrong_address, c.unmatched,
             c.retries, c.backed_off, c.broadcasts, c.link_errors, MappingProxyType(dict(framing)),
         )  # fmt: skip
+
+    def take_foreign(self) -> dict[Address, int]:
+        """Addresses that answered a request for another meter since the last call (an
+        archive mismatch on the bus: a replaced meter, a wrong address label), and how often."""
+        foreign, self._foreign = self._foreign, {}
+        return foreign
 
     def resting_until(self, address: Address) -> dt.datetime | None:
         return self._backoff.resting_until(address)
@@ -270,6 +280,8 @@ class Dlt645Channel:
         wildcard = sent.address.is_wildcard
         if not wildcard and got.address != sent.address:
             self._counters.wrong_address += 1
+            if len(self._foreign) < _FOREIGN_MAX or got.address in self._foreign:
+                self._foreign[got.address] = self._foreign.get(got.address, 0) + 1
             return None
         if got.control.function != sent.control.function:
             self._counters.unmatched += 1

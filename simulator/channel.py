@@ -51,7 +51,12 @@ class MemoryChannel:
         self.broadcasts = 0
         self.wrong_address = 0
         self._failures: dict[Address, int] = {}
+        self._foreign: dict[Address, int] = {}
         self._resting: dict[Address, dt.datetime] = {}
+
+    def take_foreign(self) -> dict[Address, int]:
+        foreign, self._foreign = self._foreign, {}
+        return foreign
 
     def resting_until(self, address: Address) -> dt.datetime | None:
         until = self._resting.get(address)
@@ -80,6 +85,7 @@ class MemoryChannel:
                     continue
                 if got.address != frame.address and not frame.address.is_wildcard:
                     self.wrong_address += 1
+                    self._foreign[got.address] = self._foreign.get(got.address, 0) + 1
                     continue
                 try:
                     decoded = decode_message(got)

@@ -228,6 +228,13 @@ async def test_a_meter_answering_for_another_address_never_lands_a_reading(rig: 
     await rig.work_all()
     assert await rig.spool.readings(meter=WRONG) == []
     assert rig.channels["rs485-1"].wrong_address > 0
+    # The address that answered instead is not in the archive: recorded for the archive check.
+    unknown = await rig.spool.events(type="unknown_meter")
+    assert unknown
+    assert all(
+        e.subject not in {str(m.address) for m in rig.collector.meters.values()} for e in unknown
+    )
+    assert {e.source for e in unknown} == {"rs485-1"}
     entries = await rig.spool.ledger(meter=WRONG)
     assert entries
     assert not [e for e in entries if e.state is LedgerState.DONE]

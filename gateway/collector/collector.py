@@ -382,9 +382,26 @@ class Collector:
                 break
             attempted += await self._collect_meter(self.meters[meter], entries, access)
         self.stats.passes += 1
+        await self._record_foreign(bus, access, now)
         if attempted:
             await self._maybe_time_sync(bus, access)
         return attempted
+
+    async def _record_foreign(self, bus: str, access: MeterAccess, now: dt.datetime) -> None:
+        """Addresses not in the archive that answered on the bus become ``unknown_meter``
+        events (one per address and day), which the archive check turns into alarms."""
+        take = getattr(access, "take_foreign", None)
+        if take is None:
+            return
+        foreign: dict[Address, int] = take()
+        day_start = dt.datetime.combine(self.local(now).date(), dt.time(), self.zone)
+        events = [
+            Event(bus, "unknown_meter", str(address), day_start, {"replies": n})
+            for address, n in foreign.items()
+            if str(address) not in self.meters
+        ]
+        if events:
+            await self.spool.write_events(events)
 
     async def collect_round(self, bus: str, now: dt.datetime | None = None) -> int:
         """One router-led round over the due entries of ``bus``; return entries attempted."""
