@@ -398,7 +398,8 @@ class Collector:
         events = [
             Event(bus, "unknown_meter", str(address), day_start, {"replies": n})
             for address, n in foreign.items()
-            if str(address) not in self.meters
+            # a reply "from" the broadcast or wildcard address is garbage, not a meter
+            if str(address) not in self.meters and not (address.is_broadcast or address.is_wildcard)
         ]
         if events:
             await self.spool.write_events(events)
