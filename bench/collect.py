@@ -121,6 +121,8 @@ async def rs485(meters: int) -> None:
             await collector.collect_bus("rs485-1")
             elapsed = time.perf_counter() - started
             summary = await spool.ledger_summary(day)
+            for entry in await spool.ledger(state=LedgerState.FAILED):
+                print(f"    failed: {entry.meter} {entry.item}: {entry.reason}")
             await channel.inner.close()  # type: ignore[attr-defined]
             await spool.close()
     wire = sum(

@@ -180,8 +180,13 @@ class Dlt645Channel:
                         message, frame, started + self.settings.timeout_s
                     )
                 except LinkError:
+                    # The port hiccuped (a USB adapter re-enumerating, a pty that reported data
+                    # it did not have, a DTU that dropped the socket): the link reopens on the
+                    # next attempt; only when the attempts run out does the request fail.
                     self._counters.link_errors += 1
                     self._last_end = loop.time()
+                    if attempt <= self.settings.retries:
+                        continue
                     self._failed(address)
                     raise
                 except ReplyCorruptedError:
