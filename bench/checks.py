@@ -19,7 +19,13 @@ Timed, best of ``--rounds``:
 (d) baseline — one plain pass over the same samples computing each meter's daily energy and
     its maximum, the least any rule set must do; (a)/(d) says what the rules add.
 
-Target: (a) under 2 s on this machine.
+Not timed: (e) **memory** — what a fresh checker still holds (traced by ``tracemalloc``, after
+a collection) once its first ``run_once`` returned: the history in memory, derived series,
+ledgers and line-loss results; in MB and in bytes per meter-day of history, with the peak
+during that run.
+
+Targets: (a) under 2 s on this machine; (e) at most 40 MB for 2,000 meters x 30 days
+(``MEMORY_TARGET_B`` bytes per meter-day).
 
     .venv/bin/python bench/checks.py [--meters N] [--days N] [--rounds N] [--dir DIR]
 """
@@ -29,10 +35,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import os
 import sys
 import tempfile
 import time
+import tracemalloc
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -44,12 +52,14 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 from drivers.clock import ManualClock  # noqa: E402
 from gateway.checks import Checker  # noqa: E402
-from gateway.config import parse_config  # noqa: E402
+from gateway.config import Config, parse_config  # noqa: E402
 from spool import Quality, Reading, ReadingKind, ReadingValue, Spool  # noqa: E402
 
 ZONE = ZoneInfo("Asia/Shanghai")
 NOW = dt.datetime(2025, 7, 1, 8, 30, tzinfo=ZONE)
 CHUNK = 20_000
+#: 40 MB for 2,000 meters x 30 days
+MEMORY_TARGET_B = 40e6 / (2000 * 30)
 
 
 def _addr(i: int) -> str:
@@ -176,6 +186,23 @@ def baseline(checker: Checker) -> Decimal:
     return top
 
 
+async def retained_bytes(config: Config, path: Path) -> tuple[int, int]:
+    """What a fresh checker holds after its first run over the spool at ``path``, and the
+    most it held during that run (which a process's RSS keeps)."""
+    async with Spool.connect(path) as spool:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            checker = Checker(config, spool, ManualClock(NOW))
+            await checker.run_once(NOW.astimezone(dt.UTC))
+            gc.collect()
+            held, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert checker.cache.meters  # alive until measured
+    return held, peak
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meters", type=int, default=2000)
@@ -215,12 +242,23 @@ async def main() -> None:
                 t = time.perf_counter()
                 baseline(checker)
                 bases.append(time.perf_counter() - t)
+        copy = Path(tmp) / "memory.sqlite"
+        copy.write_bytes(path.read_bytes())
+        cfg = config.model_copy(update={"spool": config.spool.model_copy(update={"path": copy})})
+        held, peak = await retained_bytes(cfg, copy)
+        per_day = held / ((args.meters + 1) * args.days)
         a, b, c, d = min(rules), min(firsts), min(nexts), min(bases)
         print(f"(a) rules, in memory:        {a:7.3f} s   (target < 2 s)")
         print(f"(b) first run_once (spool):  {b:7.3f} s   {raised} alarm(s) raised")
         print(f"(c) next run_once, no news:  {c:7.3f} s")
         print(f"(d) baseline pass:           {d:7.3f} s")
         print(f"ratio a/d = {a / d:.1f}")
+        over = "" if per_day <= MEMORY_TARGET_B else "   OVER TARGET"
+        print(
+            f"(e) held after first run:    {held / 1e6:7.1f} MB  {per_day:5.0f} B per meter-day "
+            f"(target <= {MEMORY_TARGET_B:.0f} B: 40 MB for 2,000 x 30 days){over}; "
+            f"peak during the run {peak / 1e6:.1f} MB"
+        )
         if a >= 2.0:
             print("rules took longer than the 2 s target", file=sys.stderr)
             sys.exit(1)

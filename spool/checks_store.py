@@ -20,9 +20,10 @@ Readings are handed to the checks undecoded into records (``id``, key columns an
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
@@ -62,6 +63,8 @@ _SELECT_LOSS: Final = (
     "SELECT district, day, state, master, master_kwh, users_kwh, rate, users_read, "
     "users_total, details, computed FROM line_loss"
 )
+# The same columns, details left unread (NULL).
+_SELECT_LOSS_SUMMARY: Final = _SELECT_LOSS.replace("details,", "NULL,")
 
 
 def _us(moment: datetime) -> int:
@@ -188,6 +191,14 @@ class LineLossResult:
     computed: datetime
     details: Mapping[str, JSONValue] = field(default_factory=dict)
 
+    def summary(self) -> LineLossResult:
+        """The result without its details (every user's register pair): what a checker keeps
+        of a month of results; the details stay in the spool and in the published event."""
+        return replace(self, details=_NO_DETAILS)
+
+
+_NO_DETAILS: Final[Mapping[str, JSONValue]] = MappingProxyType({})
+
 
 # -- readings, as the checks scan them --------------------------------------------------------
 
@@ -213,8 +224,31 @@ def _scan_values(text: str) -> dict[str, Any]:
         value = item["v"]
         if isinstance(value, dict):
             value = Decimal(value[codec.DECIMAL_TAG])
-        out[name] = value
+        # Value names repeat in every row; one shared string each, not one per row.
+        out[sys.intern(name)] = value
     return out
+
+
+class _Times:
+    """Stored times parsed once per distinct text within one scan, with one offset object per
+    distinct offset: most meters' daily values share a midnight, and every parsed time would
+    otherwise carry its own ``timezone``."""
+
+    __slots__ = ("_offsets", "_seen")
+
+    def __init__(self) -> None:
+        self._seen: dict[str, datetime] = {}
+        self._offsets: dict[tzinfo | None, tzinfo | None] = {}
+
+    def parse(self, text: str) -> datetime:
+        moment = self._seen.get(text)
+        if moment is None:
+            moment = datetime.fromisoformat(text)
+            zone = self._offsets.setdefault(moment.tzinfo, moment.tzinfo)
+            if zone is not moment.tzinfo:
+                moment = moment.replace(tzinfo=zone)
+            self._seen[text] = moment
+        return moment
 
 
 class ChecksStore:
@@ -433,8 +467,10 @@ class ChecksStore:
         return await self._spool._write(work)
 
     async def line_losses(
-        self, *, district: str | None = None, since: date | None = None
+        self, *, district: str | None = None, since: date | None = None, details: bool = True
     ) -> list[LineLossResult]:
+        """Results by day and district; ``details=False``: their :meth:`~LineLossResult.summary`
+        (the details neither read nor decoded)."""
         where: list[str] = []
         params: list[Any] = []
         if district is not None:
@@ -444,7 +480,8 @@ class ChecksStore:
             where.append("day >= ?")
             params.append(since.isoformat())
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._spool._fetch(f"{_SELECT_LOSS}{clause} ORDER BY day, district", params)
+        select = _SELECT_LOSS if details else _SELECT_LOSS_SUMMARY
+        rows = await self._spool._fetch(f"{select}{clause} ORDER BY day, district", params)
         return [_row_loss(r) for r in rows]
 
     # -- state that survives restarts ----------------------------------------------------------
@@ -498,10 +535,11 @@ class ChecksStore:
         rows = await self._spool._fetch(
             sql, (after_id, top, codec.epoch_seconds_ceil(since), *wanted, limit)
         )
+        times = _Times()
         return [
             ScanRow(
-                int(r[0]), r[1], r[2], ReadingKind(r[3]), datetime.fromisoformat(r[4]),
-                datetime.fromisoformat(r[5]), Quality(r[6]), _scan_values(r[7]),
+                int(r[0]), r[1], r[2], ReadingKind(r[3]), times.parse(r[4]), times.parse(r[5]),
+                Quality(r[6]), _scan_values(r[7]),
             )
             for r in rows
         ]  # fmt: skip
@@ -604,5 +642,5 @@ def _row_loss(row: Sequence[Any]) -> LineLossResult:
         users_read=int(read),
         users_total=int(total),
         computed=datetime.fromisoformat(computed),
-        details=codec.loads(details),
+        details=_NO_DETAILS if details is None else codec.loads(details),
     )

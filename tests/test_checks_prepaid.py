@@ -14,7 +14,16 @@ import pytest
 from drivers.clock import ManualClock
 from gateway.checks import Checker, Registers, price, year_start
 from gateway.config import Config, TariffConfig
-from spool import ChecksStore, Quality, Reading, ReadingKind, ReadingValue, Spool
+from spool import (
+    BalanceKind,
+    ChecksStore,
+    PostedEntry,
+    Quality,
+    Reading,
+    ReadingKind,
+    ReadingValue,
+    Spool,
+)
 
 from .test_checks_rules import ZONE, D
 
@@ -329,3 +338,51 @@ async def test_local_meter_balance_cross_checked_against_the_ledger(
     evidence = found[0].details["evidence"]
     assert isinstance(evidence, dict)
     assert (evidence["meter_balance"], evidence["ledger_balance"]) == (D("-1.20"), D("20.0"))
+
+
+def _full_average(journal: list[PostedEntry], at: dt.datetime, days: int) -> Decimal | None:
+    """The average daily cost over the full journal entries, details and all."""
+    cost, spanned = Decimal(0), Decimal(0)
+    for p in journal:
+        e = p.entry
+        if e.kind is BalanceKind.CONSUMPTION and at - dt.timedelta(days=days) < e.entry_time <= at:
+            cost -= e.amount
+            span = e.details["days"]
+            assert isinstance(span, Decimal)
+            spanned += span
+    return cost / spanned if spanned > 0 else None
+
+
+async def test_compact_entries_judge_as_the_full_journal(spool: Spool, tmp_path: Path) -> None:
+    top_up = {"id": "T-1", "at": (DAY0 + dt.timedelta(days=3, hours=10)).isoformat(),
+              "amount": "100"}  # fmt: skip
+    cfg = config(tmp_path / "spool.sqlite", top_ups=[top_up])
+    await spool.write_readings(
+        days_of(A_FLAT, "20", 6) + days_of(A_TOU, "8", 6, periods=True) + days_of(A_TIER, "40", 6)
+    )
+    when = DAY0 + dt.timedelta(days=5, hours=9)
+    checker = Checker(cfg, spool, ManualClock(DAY0))
+    await run(checker, when)
+    # A restarted checker loads the same compact entries the first one posted.
+    restarted = Checker(cfg, spool, ManualClock(DAY0))
+    await run(restarted, when + dt.timedelta(hours=1))
+    for account in ("flat", "tou", "tiered"):
+        journal = await ChecksStore(spool).balance_entries(account)
+        expected = [(p.entry.entry_time, p.entry.kind, p.entry.ref, p.balance) for p in journal]
+        for c in (checker, restarted):
+            book = c.ledgers.books[account]
+            assert [(x.time, x.kind, x.ref, x.balance) for x in book.entries] == expected
+            assert book.balance == journal[-1].balance
+            for p in journal:
+                t = p.entry.entry_time
+                for days in (1, 2, 30):
+                    assert book.average_daily_cost(t, days) == _full_average(journal, t, days)
+                found = book.balance_at(t + dt.timedelta(hours=1))
+                last = [q for q in journal if q.entry.entry_time <= t + dt.timedelta(hours=1)][-1]
+                assert found is not None
+                assert (found.ref, found.balance) == (last.entry.ref, last.balance)
+    flat = checker.ledgers.books["flat"]
+    assert flat.refs == {(BalanceKind.OPENING, "opening"), (BalanceKind.TOP_UP, "T-1")}
+    # 60 + 100 - 5 days x 20 kWh x 0.5 = 110; 10 a day over the last two days
+    assert flat.balance == D(110)
+    assert flat.average_daily_cost(when, 2) == D(10)

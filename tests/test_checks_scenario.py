@@ -25,6 +25,7 @@ import pytest_asyncio
 
 from drivers.clock import ManualClock
 from gateway.checks import Checker
+from gateway.checks import checker as checker_module
 from gateway.collector.collector import Collector
 from gateway.config import Config
 from protocols.bcd import Address
@@ -456,3 +457,25 @@ async def test_a_restarted_checker_raises_and_clears_nothing_again(run: Run) -> 
     stats = run.checker.statistics()
     assert stats.raised["over_deviation"] == 2
     assert stats.active == len(await ChecksStore(run.spool).active_alarms())
+
+
+async def test_meters_judged_in_chunks_decide_as_all_at_once(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every meter judged from cold against no stored alarms, so every anomaly is raised again.
+    checker = run.checker
+    now = checker.clock.now()
+    decided = dict(checker._decided)
+    outcomes = []
+    try:
+        for size in (1, 7, 10_000):
+            monkeypatch.setattr(checker_module, "_METER_CHUNK", size)
+            checker._decided.clear()
+            ev = checker.evaluate(now, [])
+            outcomes.append((ev.findings, ev.decided.raises, ev.decided.clears, ev.judged))
+    finally:
+        checker._decided.update(decided)
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    raised = {(a.meter, a.type) for a in outcomes[0][1]}
+    assert ("000000002012", "overdraft") in raised
+    assert len(outcomes[0][3]) == len(run.config.meter)

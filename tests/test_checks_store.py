@@ -19,6 +19,7 @@ from spool import (
     BalanceEntry,
     BalanceKind,
     ChecksStore,
+    JSONValue,
     LineLossResult,
     LineLossState,
     Outbox,
@@ -160,6 +161,28 @@ async def test_line_loss_incomplete_is_replaced_complete_is_final(spool: Spool) 
         LineLossState.COMPLETE, Decimal("0.04"), 10,
     )  # fmt: skip
     assert await store.line_losses(since=day + timedelta(days=1)) == []
+
+
+async def test_line_loss_summaries_leave_the_details_in_the_spool(spool: Spool) -> None:
+    store = ChecksStore(spool)
+    details: dict[str, JSONValue] = {
+        "users": {"000000000001": [Decimal("10.5"), Decimal("12.25")]},
+        "missing": [],
+    }
+    full = LineLossResult(
+        "TQ", date(2025, 6, 1), LineLossState.COMPLETE, "000000009001", Decimal("2"),
+        Decimal("1.75"), Decimal("0.125"), 1, 1, at(2, 1), details,
+    )  # fmt: skip
+    await store.save_line_loss([full])
+    (summary,) = await store.line_losses(details=False)
+    assert summary == full.summary()
+    assert summary.details == {}
+    assert (summary.state, summary.master_kwh, summary.users_kwh, summary.rate) == (
+        full.state, full.master_kwh, full.users_kwh, full.rate,
+    )  # fmt: skip
+    assert (summary.users_read, summary.users_total, summary.computed) == (1, 1, at(2, 1))
+    (stored,) = await store.line_losses()
+    assert stored.details == details
 
 
 async def test_state_keeps_the_first_value(spool: Spool) -> None:

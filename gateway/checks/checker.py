@@ -26,16 +26,16 @@ from types import MappingProxyType
 from typing import Final
 
 from drivers.clock import Clock
-from gateway.config import Config
+from gateway.config import Config, MeterConfig
 from spool import (
     Alarm,
     AlarmClear,
     AlarmState,
     ChecksStore,
+    CommandsStore,
     Event,
     LineLossResult,
     LineLossState,
-    PostedEntry,
     ReadingKind,
     Spool,
     SpoolFullError,
@@ -54,6 +54,9 @@ from .rules_collection import UNKNOWN_METER_EVENT, archive, collection_rate, mis
 log = logging.getLogger("amigw.checks")
 
 _WATCH: Final = "watch/"
+#: meters whose findings are built and decided together: a first run's findings of every meter
+#: at once held more memory than the history they come from
+_METER_CHUNK: Final = 200
 EVENT_SOURCE: Final = lineloss.EVENT_SOURCE
 
 
@@ -76,7 +79,8 @@ class RunReport:
 class Evaluation:
     """What :meth:`Checker.evaluate` found and decided, before anything is written."""
 
-    findings: list[Finding]
+    #: how many findings (each is decided as it is built, not kept)
+    findings: int
     decided: Transitions
     judged: dict[str, int]
     rates: list[tuple[tuple[str, dt.date], Event]]
@@ -138,7 +142,9 @@ class Checker:
         self._headend_ok: dt.datetime | None = None
         self._started: dt.datetime | None = None
         self._since: dict[str, dt.datetime] = {}
+        self._relay: dict[str, tuple[bool, dt.datetime]] = {}
         self._loaded = False
+        #: results without their details (see :meth:`LineLossResult.summary`)
         self._losses: dict[tuple[str, dt.date], LineLossResult] = {}
         #: per meter, the history version whose rule findings are committed
         self._decided: dict[str, int] = {}
@@ -215,7 +221,8 @@ class Checker:
             k.removeprefix(_WATCH): dt.datetime.fromisoformat(v) for k, v in watched.items()
         }
         horizon = now - dt.timedelta(days=self.settings.history_days)
-        for r in await self.store.line_losses(since=horizon.astimezone(self.zone).date()):
+        since = horizon.astimezone(self.zone).date()
+        for r in await self.store.line_losses(since=since, details=False):
             self._losses[(r.district, r.day)] = r
         await self.ledgers.load(horizon)
         self._started = now
@@ -248,7 +255,7 @@ class Checker:
         await self._watch(now)
         rows = await self.cache.refresh(now)
         histories = self.cache.meters
-        posted: list[PostedEntry] = []
+        posted = 0
         if enabled(s, "prepaid") and self.ledgers.books:
             posted = await self.ledgers.update(histories, now)
             self.ledgers.trim(now - dt.timedelta(days=s.history_days))
@@ -260,6 +267,8 @@ class Checker:
         stored = await self.store.alarm_states(
             cleared_since=now - dt.timedelta(days=s.history_days + 2), types=types
         )
+        if enabled(s, "relay"):
+            self._relay = await CommandsStore(self.spool).relay_commands()
         ev = self.evaluate(now, stored, reports)
         decided, rates, losses = ev.decided, ev.rates, ev.losses
         events = [e for _, e in rates] + [lineloss.event_of(r, self.zone) for r in losses]
@@ -267,7 +276,7 @@ class Checker:
         self._published.update(key for key, _ in rates)
         if losses:
             await self.store.save_line_loss(losses)
-            self._losses.update(((r.district, r.day), r) for r in losses)
+            self._losses.update(((r.district, r.day), r.summary()) for r in losses)
             self._loss_results += len(losses)
         # Days older than the history are neither recomputed nor republished.
         oldest = (now - dt.timedelta(days=s.history_days + 1)).astimezone(self.zone).date()
@@ -280,9 +289,9 @@ class Checker:
         if raised or cleared or self._runs == 0:
             self._active = len(await self.store.active_alarms())
         self._runs += 1
-        self._entries += len(posted)
+        self._entries += posted
         report = RunReport(
-            now, rows, len(ev.findings), raised, cleared, len(posted), len(losses), new_events,
+            now, rows, ev.findings, raised, cleared, posted, len(losses), new_events,
             time.perf_counter() - t0,
         )  # fmt: skip
         self._last = report
@@ -305,31 +314,48 @@ class Checker:
         histories = self.cache.meters
         ctx = Context(
             now, self.zone, s, MappingProxyType(self._since),
-            now - self.cache.spans[ReadingKind.DAILY_FROZEN],
+            now - self.cache.spans[ReadingKind.DAILY_FROZEN], MappingProxyType(self._relay),
         )  # fmt: skip
         types = judged_types(s)
+        decided = Transitions()
+        judged: dict[str, int] = {}
+        found = 0
         with _gc_paused():
-            findings: list[Finding] = []
-            judged = self._meter_findings(histories, ctx, findings)
+            # Each finding is decided on its own, so deciding the meters chunk by chunk, then
+            # the rest, gives the same transitions in the same order as all at once.
+            meters = self.config.meter
+            for i in range(0, len(meters), _METER_CHUNK):
+                findings: list[Finding] = []
+                judged.update(
+                    self._meter_findings(meters[i : i + _METER_CHUNK], histories, ctx, findings)
+                )
+                decided.extend(decide_all((f for f in findings if f.type in types), stored, now))
+                found += len(findings)
+            findings = []
             rates, losses = self._districts(ctx, findings)
             if enabled(s, "archive"):
                 findings.extend(archive(self.config, histories, reports, ctx))
             if enabled(s, "prepaid") and self.ledgers.books:
                 findings.extend(self.ledgers.findings(histories, now, self.headend_down_s(now)))
-            decided = decide_all((f for f in findings if f.type in types), stored, now)
-        return Evaluation(findings, decided, judged, rates, losses)
+            decided.extend(decide_all((f for f in findings if f.type in types), stored, now))
+            found += len(findings)
+        return Evaluation(found, decided, judged, rates, losses)
 
     def _meter_findings(
-        self, histories: Mapping[str, MeterHistory], ctx: Context, out: list[Finding]
+        self,
+        meters: Sequence[MeterConfig],
+        histories: Mapping[str, MeterHistory],
+        ctx: Context,
+        out: list[Finding],
     ) -> dict[str, int]:
-        """The history rules of every meter whose history changed since its findings were last
-        decided (an unchanged history gives the same findings: nothing new to raise or clear),
-        and the missed readings of every meter (they depend on the time). Returns the history
-        versions judged, to be marked decided once the alarms are committed."""
+        """The history rules of each of ``meters`` whose history changed since its findings
+        were last decided (an unchanged history gives the same findings: nothing new to raise
+        or clear), and the missed readings of each (they depend on the time). Returns the
+        history versions judged, to be marked decided once the alarms are committed."""
         rules = meter_rules(self.settings)
         missed = enabled(self.settings, "missed_reading")
         judged: dict[str, int] = {}
-        for meter in self.config.meter:
+        for meter in meters:
             history = histories.get(meter.address)
             if history is not None and self._decided.get(meter.address) != history.version:
                 out.extend(evaluate_meter(history, meter, ctx, rules))
@@ -354,6 +380,7 @@ class Checker:
         loss_on = enabled(self.settings, "line_loss")
         events: list[tuple[tuple[str, dt.date], Event]] = []
         changed: list[LineLossResult] = []
+        totals: lineloss.Totals = {}
         for district in self.districts:
             if rate_on:
                 found, rates = collection_rate(district, histories, ctx)
@@ -373,7 +400,7 @@ class Checker:
                 known = results.get(day)
                 if known is not None and known.state is LineLossState.COMPLETE:
                     continue
-                result = lineloss.compute(district, histories, day, ctx)
+                result = lineloss.compute(district, histories, day, ctx, totals)
                 if result is None:
                     continue
                 if known is None or (known.state, known.users_read) != (

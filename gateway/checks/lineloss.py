@@ -41,40 +41,51 @@ def loss_rate(master_kwh: Decimal, users_kwh: Decimal) -> Decimal:
 
 _NOTHING: Final[Mapping[dt.date, Decimal]] = {}
 
+#: each meter's verified forward total by day, by address
+Totals = dict[str, Mapping[dt.date, Decimal]]
+
 
 def _totals(
-    h: MeterHistory | None, meter: MeterConfig, zone: dt.tzinfo
+    h: MeterHistory | None, meter: MeterConfig, zone: dt.tzinfo, cache: Totals
 ) -> Mapping[dt.date, Decimal]:
-    """Each day's verified forward total of one meter (shared by every day computed)."""
+    """Each day's verified forward total of one meter, shared through ``cache`` by the days
+    computed in one run. Not kept on the history: complete days are final, so most runs
+    compute nothing, and 2,000 meters' totals would stay in memory for nothing."""
     if h is None:
         return _NOTHING
-    return h.memo(
-        f"totals/{meter.edition.value}",
-        lambda: {
+    found = cache.get(meter.address)
+    if found is None:
+        found = cache[meter.address] = {
             d: v
             for d, s in verified_by_day(h, meter.edition, zone).items()
             if (v := s.dec(FWD)) is not None
-        },
-    )
+        }
+    return found
 
 
 def compute(
-    district: District, histories: Mapping[str, MeterHistory], day: dt.date, ctx: Context
+    district: District,
+    histories: Mapping[str, MeterHistory],
+    day: dt.date,
+    ctx: Context,
+    totals: Totals | None = None,
 ) -> LineLossResult | None:
-    """Day ``day`` of ``district``, or ``None`` while it is too early to say."""
+    """Day ``day`` of ``district``, or ``None`` while it is too early to say. ``totals``
+    shares the meters' daily totals between the days computed in one run."""
+    cache: Totals = {} if totals is None else totals
     master = district.master
     if master is None:
         return None
     cfg = ctx.checks.line_loss
     following = day + dt.timedelta(days=1)
     deadline = dt.datetime.combine(following, ctx.checks.missed_reading.deadline_time, ctx.zone)
-    mt = _totals(histories.get(master.address), master, ctx.zone)
+    mt = _totals(histories.get(master.address), master, ctx.zone, cache)
     m = (mt[day], mt[following]) if day in mt and following in mt else None
     users: dict[str, JSONValue] = {}
     missing: list[str] = []
     total = Decimal(0)
     for u in district.users:
-        ut = _totals(histories.get(u.address), u, ctx.zone)
+        ut = _totals(histories.get(u.address), u, ctx.zone, cache)
         a, b = ut.get(day), ut.get(following)
         if a is None or b is None:
             missing.append(u.address)

@@ -80,6 +80,35 @@ class AccountStatus:
     protections: tuple[str, ...]
 
 
+_ZERO: Final = Decimal(0)
+#: accounts posted per transaction by :meth:`Ledgers.update`
+_BOOK_GROUP: Final = 25
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One journal entry as the checks keep it in memory: what balances, days left and the
+    judgements read. Its details (registers, tariff parts) stay in the spool: with them, a
+    month of entries of a few hundred accounts held tens of megabytes."""
+
+    time: dt.datetime
+    kind: BalanceKind
+    ref: str
+    balance: Decimal
+    amount: Decimal
+    #: the days a consumption entry spans (0 for other kinds)
+    days: Decimal
+
+    @classmethod
+    def of(cls, posted: PostedEntry) -> Line:
+        e = posted.entry
+        days = e.details.get("days") if e.kind is BalanceKind.CONSUMPTION else None
+        return cls(
+            e.entry_time, e.kind, e.ref, posted.balance, e.amount,
+            days if isinstance(days, Decimal) else _ZERO,
+        )  # fmt: skip
+
+
 @dataclass(slots=True)
 class Book:
     """One account's ledger as the checks keep it in memory (recent entries, charge points)."""
@@ -87,8 +116,9 @@ class Book:
     account: AccountConfig
     tariff: TariffConfig
     meters: list[MeterConfig]
-    entries: list[PostedEntry] = field(default_factory=list)
+    entries: list[Line] = field(default_factory=list)
     points: dict[str, Registers] = field(default_factory=dict)
+    #: the opening and top-up refs posted (what :meth:`Ledgers.plan` must not post again)
     refs: set[tuple[BalanceKind, str]] = field(default_factory=set)
     year_start: dt.date | None = None
     year_kwh: Decimal = Decimal(0)
@@ -107,8 +137,9 @@ class Book:
 
     def apply(self, posted: PostedEntry) -> None:
         e = posted.entry
-        self.entries.append(posted)
-        self.refs.add((e.kind, e.ref))
+        self.entries.append(Line.of(posted))
+        if e.kind in (BalanceKind.OPENING, BalanceKind.TOP_UP):
+            self.refs.add((e.kind, e.ref))
         if e.kind in (BalanceKind.ANCHOR, BalanceKind.CONSUMPTION):
             to = e.details.get("to")
             if isinstance(to, Mapping):
@@ -122,16 +153,14 @@ class Book:
     def average_daily_cost(self, at: dt.datetime, days: int) -> Decimal | None:
         cost = Decimal(0)
         spanned = Decimal(0)
-        for p in self.entries:
-            e = p.entry
+        for line in self.entries:
             if (
-                e.kind is not BalanceKind.CONSUMPTION
-                or not at - dt.timedelta(days=days) < e.entry_time <= at
+                line.kind is not BalanceKind.CONSUMPTION
+                or not at - dt.timedelta(days=days) < line.time <= at
             ):
                 continue
-            cost -= e.amount
-            span = e.details.get("days")
-            spanned += span if isinstance(span, Decimal) else Decimal(0)
+            cost -= line.amount
+            spanned += line.days
         return cost / spanned if spanned > 0 else None
 
     def days_left(self, balance: Decimal, at: dt.datetime, days: int) -> Decimal | None:
@@ -142,24 +171,22 @@ class Book:
             return None
         return (balance / average).quantize(_TENTH, ROUND_HALF_EVEN)
 
-    def balance_at(self, at: dt.datetime) -> PostedEntry | None:
+    def balance_at(self, at: dt.datetime) -> Line | None:
         """The last entry made for a time at or before ``at``."""
         found = None
-        for p in self.entries:
-            if p.entry.entry_time <= at:
-                found = p
+        for line in self.entries:
+            if line.time <= at:
+                found = line
         return found
 
 
-def _balance_evidence(
-    book: Book, p: PostedEntry, at: dt.datetime, days: int
-) -> dict[str, JSONValue]:
+def _balance_evidence(book: Book, line: Line, at: dt.datetime, days: int) -> dict[str, JSONValue]:
     return {
-        "balance": p.balance,
-        "entry": p.entry.kind.value,
-        "ref": p.entry.ref,
-        "time": p.entry.entry_time.isoformat(),
-        "days_left": book.days_left(p.balance, at, days),
+        "balance": line.balance,
+        "entry": line.kind.value,
+        "ref": line.ref,
+        "time": line.time.isoformat(),
+        "days_left": book.days_left(line.balance, at, days),
     }
 
 
@@ -192,7 +219,7 @@ class Ledgers:
 
     def trim(self, since: dt.datetime) -> None:
         for book in self.books.values():
-            keep = [p for p in book.entries if p.entry.entry_time >= since]
+            keep = [line for line in book.entries if line.time >= since]
             # The last entry carries the balance: always keep it.
             if book.entries and (not keep or keep[-1] is not book.entries[-1]):
                 keep.append(book.entries[-1])
@@ -300,19 +327,24 @@ class Ledgers:
             details=details or {},
         )  # fmt: skip
 
-    async def update(
-        self, histories: Mapping[str, MeterHistory], now: dt.datetime
-    ) -> list[PostedEntry]:
-        """Plan and post every book's new entries (one transaction); return what was posted."""
-        planned: list[BalanceEntry] = []
-        for book in self.books.values():
-            planned.extend(self.plan(book, histories, now))
-        if not planned:
-            return []
-        posted = await self._store.post_balance(planned)
-        for p in posted:
-            self.books[p.entry.account].apply(p)
-        return posted
+    async def update(self, histories: Mapping[str, MeterHistory], now: dt.datetime) -> int:
+        """Plan and post every book's new entries, each account's in one transaction with
+        those of a few other accounts; return how many were posted. Groups, not one
+        transaction: a first run plans a month of entries per account, and their details held
+        more memory than everything the checks keep."""
+        count = 0
+        books = list(self.books.values())
+        for i in range(0, len(books), _BOOK_GROUP):
+            planned: list[BalanceEntry] = []
+            for book in books[i : i + _BOOK_GROUP]:
+                planned.extend(self.plan(book, histories, now))
+            if not planned:
+                continue
+            posted = await self._store.post_balance(planned)
+            for p in posted:
+                self.books[p.entry.account].apply(p)
+            count += len(posted)
+        return count
 
     # -- judging ---------------------------------------------------------------------------
 
@@ -339,7 +371,7 @@ class Ledgers:
         for book in self.books.values():
             last = book.entries[-1] if book.entries else None
             balance = None if last is None else last.balance
-            as_of = None if last is None else last.entry.entry_time
+            as_of = None if last is None else last.time
             left = (
                 None if balance is None or as_of is None else book.days_left(balance, as_of, days)
             )
@@ -368,9 +400,9 @@ class Ledgers:
             levels: dict[str, list[Observation]] = {
                 "balance_warning_1": [], "balance_warning_2": [], "overdraft": [],
             }  # fmt: skip
-            at = book.entries[0].entry.entry_time
+            at = book.entries[0].time
             for p in book.entries:
-                at = max(at, p.entry.entry_time)
+                at = max(at, p.time)
                 b = p.balance
                 evidence = partial(_balance_evidence, book, p, at, cfg.average_days)
                 for type_, state in (
@@ -417,7 +449,7 @@ class Ledgers:
                 evidence: dict[str, JSONValue] = {
                     "meter_balance": own,
                     "ledger_balance": posted.balance,
-                    "ledger_entry": posted.entry.ref,
+                    "ledger_entry": posted.ref,
                     "difference": gap,
                     "read": s.time.isoformat(),
                 }

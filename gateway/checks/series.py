@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -70,31 +71,36 @@ def verified_by_day(h: MeterHistory, edition: Edition, zone: dt.tzinfo) -> dict[
     def make() -> dict[dt.date, Sample]:
         out: dict[dt.date, Sample] = {}
         for s in h.frozen:
-            local = s.time.astimezone(zone)
+            day, midnight = _local_day(s.time, zone)
             if edition is Edition.V1997:
-                if s.quality in (Quality.OK, Quality.NOT_FROZEN) and local.date() not in out:
-                    out[local.date()] = s
-            elif local.time() == dt.time() and s.quality is Quality.OK and s.dec(FWD) is not None:
-                out[local.date()] = s
+                if s.quality in (Quality.OK, Quality.NOT_FROZEN) and day not in out:
+                    out[day] = s
+            elif midnight and s.quality is Quality.OK and s.dec(FWD) is not None:
+                out[day] = s
         return out
 
     return h.memo(f"verified/{edition.value}", make)
 
 
+@functools.lru_cache(maxsize=4096)
+def _local_day(moment: dt.datetime, zone: dt.tzinfo) -> tuple[dt.date, bool]:
+    """The local day of a data time and whether it is that day's 00:00. Most meters' frozen
+    values share their midnights, so every history holds the same few date objects."""
+    local = moment.astimezone(zone)
+    return local.date(), local.time() == dt.time()
+
+
 def daily(h: MeterHistory, zone: dt.tzinfo) -> list[tuple[Sample, Sample, Decimal, dt.date]]:
     """Each local day's energy from verified daily frozen values at its two midnights (which
-    may be negative: the register went back), with the day; once per history version."""
-
-    def make() -> list[tuple[Sample, Sample, Decimal, dt.date]]:
-        by_day = verified_by_day(h, Edition.V2007, zone)
-        out = []
-        for day, a in sorted(by_day.items()):
-            b = by_day.get(day + _ONE_DAY)
-            if b is not None:
-                out.append((a, b, b.values[FWD] - a.values[FWD], day))
-        return out
-
-    return h.memo("daily", make)
+    may be negative: the register went back), with the day. Not kept with the history: the
+    rules that read it run once per history version, and a day's energies would outlive it."""
+    by_day = verified_by_day(h, Edition.V2007, zone)
+    out = []
+    for day, a in sorted(by_day.items()):
+        b = by_day.get(day + _ONE_DAY)
+        if b is not None:
+            out.append((a, b, b.values[FWD] - a.values[FWD], day))
+    return out
 
 
 def seconds(a: dt.datetime, b: dt.datetime) -> Decimal:
