@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeVar
@@ -442,9 +442,16 @@ class PlcDriver:
         return True
 
     # -- router-led rounds ------------------------------------------------------------------
-    async def run_round(self, source: RoundSource, *, idle_timeout_s: float) -> RoundReport:
+    async def run_round(
+        self,
+        source: RoundSource,
+        *,
+        idle_timeout_s: float,
+        stop: asyncio.Event | None = None,
+    ) -> RoundReport:
         """Restart routing (AFN12 F1) and answer the router until it reports the reading
-        finished (AFN06 F3) or nothing arrives for ``idle_timeout_s``."""
+        finished (AFN06 F3), nothing arrives for ``idle_timeout_s``, or ``stop`` is set: then
+        routing is paused (AFN12 F2) and the round ends with what was reported so far."""
         if self._round is not None:
             raise RouterError(f"{self.name}: a router-led round is already running")
         loop = asyncio.get_running_loop()
@@ -464,12 +471,18 @@ class PlcDriver:
                 self._state.router = RouterState.RUNNING
             run.touch(loop.time())
             while not run.done.is_set():
+                if stop is not None and stop.is_set():
+                    async with self._lock:
+                        with contextlib.suppress(DriverError):
+                            await self._pause_routing()
+                    break
                 last = max(run.last_activity, self._session.last_received)
                 remaining = last + idle_timeout_s - loop.time()
                 if remaining <= 0:
                     break
+                waits = [run.done.wait()] if stop is None else [run.done.wait(), stop.wait()]
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(run.done.wait(), remaining)
+                    await asyncio.wait_for(_first_of(waits), remaining)
         finally:
             self._round = None
             run.close("timeout: the round ended without a report of the reply")
@@ -565,6 +578,16 @@ def _after(failure: DriverError, attempts: int) -> DriverError:
     if isinstance(failure, ModuleError):
         return type(failure)(message, failure.code)
     return type(failure)(message)
+
+
+async def _first_of(waits: Sequence[Coroutine[object, object, object]]) -> None:
+    """Return when the first of ``waits`` finishes; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _batches(items: Sequence[Address], size: int) -> Iterable[Sequence[Address]]:

@@ -7,6 +7,7 @@ simulator's own frozen record.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import itertools
@@ -20,6 +21,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from drivers.clock import ManualClock
+from drivers.errors import MeterTimeoutError
 from gateway.collector.collector import NEVER, Collector
 from gateway.collector.plans import Item
 from gateway.daemon import make_channel
@@ -347,3 +349,41 @@ async def test_a_stop_in_the_middle_of_a_session_is_not_an_attempt(rig: Rig) -> 
     entries = await rig.spool.ledger(day=START.date())
     assert all(e.state is LedgerState.PENDING for e in entries)
     assert all(e.attempts == 0 for e in entries)
+
+
+async def test_a_failed_item_is_retried_at_its_retry_time_not_the_idle_fallback(
+    tmp_path: Path,
+) -> None:
+    """The running collector (planner and bus workers) retries after ``retry_initial_s``: a
+    wake time left over from planning must not make the bus sleep the 300 s idle fallback."""
+    flaky = "000000000097"  # on rs485-2, where no other meter fails and wakes the bus
+    async with memory_rig(tmp_path, collection={"retry_initial_s": 30}) as rig:
+        channel = rig.channels["rs485-2"]
+        real_request = channel.request
+        failed: list[dt.datetime] = []
+
+        async def first_time_silent(message: Any) -> Any:
+            if str(message.address) == flaky and not failed:
+                failed.append(rig.clock.now())
+                raise MeterTimeoutError(f"{flaky}: no reply")
+            return await real_request(message)
+
+        channel.request = first_time_silent
+        task = asyncio.create_task(rig.collector.run())
+        try:
+            done_at = None
+            for _ in range(60):  # 60 steps of 5 s: well under the 300 s fallback
+                for _ in range(50):
+                    await asyncio.sleep(0)
+                entries = await rig.spool.ledger(meter=flaky, day=START.date())
+                if failed and entries and all(e.state is LedgerState.DONE for e in entries
+                                              if e.item == "daily_frozen"):  # fmt: skip
+                    done_at = rig.clock.now()
+                    break
+                rig.clock.advance(5)
+        finally:
+            rig.collector.stop()
+            await task
+        assert failed, "the flaky meter was never asked"
+        assert done_at is not None, "the failed item was not retried within 300 s"
+        assert dt.timedelta(seconds=30) <= done_at - failed[0] <= dt.timedelta(seconds=60)

@@ -3,6 +3,7 @@ daily frozen readings in both reading modes, through the daemon's own wiring."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
@@ -91,6 +92,55 @@ async def test_plc_district_is_collected_and_archive_synced(mode: str, tmp_path:
                 record = district.meters[Address(r.meter)].frozen_record(r.data_time.date())
                 assert record is not None
                 assert r.values["forward_active_total"].value == record.forward_active[0]
+        finally:
+            await driver.close()
+            await spool.close()
+
+
+async def test_a_stop_ends_a_router_round_early_and_cut_short_entries_stay_owed(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM must not wait out a long router-led round: the stop pauses routing (AFN12 F2),
+    what was reported is committed, and the entries not reached keep zero attempts."""
+    scenario = scenario_from(SCENARIO)
+    clock = ManualClock(START)
+    district = build_district(scenario, clock)
+    assert district.plc is not None
+    # A slow carrier: a full round of 8 meters takes many seconds.
+    settings = module_settings(district.plc, baud=BAUD, carrier_latency_s=0.4, turnaround_s=0.001)
+    archive = [(Address(m), ProtocolType.DLT645_2007) for m in METERS]
+    async with VirtualPlcModule(district, settings, archive=archive) as module:
+        plc_table = {
+            "device": module.path, "baud": BAUD, "parity": "N", "mode": "router",
+            "frame_timeout_ms": 1000, "point_read_timeout_s": 2,
+        }  # fmt: skip
+        config = gateway_config(scenario, tmp_path / "spool.sqlite", catch_up_days=0, plc=plc_table)
+        spool = await Spool.open(config.spool.path)
+        driver = make_plc(config, clock)
+        assert driver is not None
+        try:
+            assert await plc_preparer(driver, config, spool, clock)()
+            collector = Collector(
+                config, spool, {"plc": driver}, clock, rounds={"plc": driver}, round_idle_s=600.0
+            )
+            await collector.plan()
+            owed = len(await spool.due(clock.now()))
+            round_task = asyncio.create_task(collector.collect_round("plc"))
+            for _ in range(600):  # the router's reports arrive as the carrier allows
+                if driver.statistics().reports_confirmed >= 10:
+                    break
+                await asyncio.sleep(0.05)
+            collector.stop()
+            # Bounded only so a regression fails instead of hanging for the 600 s idle limit.
+            await asyncio.wait_for(round_task, 30)
+            assert module.paused
+            entries = await spool.ledger()
+            done = [e for e in entries if e.state is LedgerState.DONE]
+            pending = [e for e in entries if e.state is LedgerState.PENDING]
+            assert done, "what the router reported before the stop is committed"
+            assert len(done) < owed, "the round was cut short"
+            assert pending
+            assert all(e.attempts == 0 for e in pending)
         finally:
             await driver.close()
             await spool.close()

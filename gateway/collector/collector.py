@@ -21,12 +21,15 @@ import asyncio
 import datetime as dt
 import logging
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
+
+from structlog.contextvars import bind_contextvars, bound_contextvars
 
 from drivers.channel import Exchange
 from drivers.clock import Clock
@@ -53,10 +56,33 @@ _LINK_FAILURES = (
 )  # fmt: skip
 
 
+class _Ticking:
+    """A router round's source that counts each request handed out and each answer or
+    failure reported as progress of the bus."""
+
+    def __init__(self, source: RouterRound, tick: Callable[[], None]) -> None:
+        self._source = source
+        self._tick = tick
+
+    def next_request(self, address: Address) -> Message | None:
+        self._tick()
+        return self._source.next_request(address)
+
+    def on_reply(self, address: Address, reply: Message) -> None:
+        self._tick()
+        self._source.on_reply(address, reply)
+
+    def on_failure(self, address: Address, reason: str) -> None:
+        self._tick()
+        self._source.on_failure(address, reason)
+
+
 class RoundRunner(Protocol):
     """A PLC module in router-led mode: runs a round against a round source."""
 
-    async def run_round(self, source: RoundSource, *, idle_timeout_s: float) -> RoundReport: ...
+    async def run_round(
+        self, source: RoundSource, *, idle_timeout_s: float, stop: asyncio.Event | None = None
+    ) -> RoundReport: ...
 
 
 class MeterAccess(Protocol):
@@ -87,6 +113,19 @@ class CollectorStatistics:
     readings_new: int = 0
     time_syncs: int = 0
     passes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSnapshot:
+    """What :meth:`Collector.statistics` returns for metrics: the counters above, plus
+    readings read and sessions run per plan item, and per meter its failed sessions and the
+    time of its last successful one (both since start)."""
+
+    stats: CollectorStatistics
+    readings_by_item: Mapping[str, int]
+    sessions_by_item: Mapping[tuple[str, str], int]  # (item, "ok" | "failed")
+    meter_failures: Mapping[str, int]
+    meter_last_ok: Mapping[str, dt.datetime]
 
 
 def items_for(meter: MeterConfig, config: Config) -> tuple[Item, ...]:
@@ -185,18 +224,30 @@ class Collector:
                 Address(m.address), edition, m.bus, items_for(m, config), m
             )
         self.stats = CollectorStatistics()
+        self._by_item: Counter[str] = Counter()
+        self._sessions: Counter[tuple[str, str]] = Counter()
+        self._meter_failures: Counter[str] = Counter()
+        self._meter_last_ok: dict[str, dt.datetime] = {}
         self.rules = TimeSyncRules(
             config.time_sync.threshold_s,
             config.time_sync.max_correction_s,
             config.time_sync.quiet_minutes_around_midnight,
         )
         self._stop = asyncio.Event()
+        # One due-list query at a time: each lists every bus's entries, and twenty buses
+        # asking at once held twenty copies of the day's ledger in memory.
+        self._due_lock = asyncio.Lock()
         self._kick: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._wake: dict[str, dt.datetime] = {}
         self._drifts: dict[str, dict[Address, float]] = defaultdict(dict)
         self._drift_day: dict[str, dt.date] = {}
         self._last_sync: dict[str, dt.date] = {}
         self.progress = 0  # bumped on every exchange; the watchdog reads it
+        # Per bus, exchanges so far (answered or not) and whether its worker is in a pass
+        # rather than asleep until its next due time: the watchdog tells a wedged bus from
+        # an idle one with these.
+        self.bus_progress: Counter[str] = Counter()
+        self.working: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -235,6 +286,14 @@ class Collector:
 
     def local(self, instant: dt.datetime) -> dt.datetime:
         return instant.astimezone(self.zone)
+
+    def synced_on(self, bus: str) -> dt.date | None:
+        """The local day of the bus's last broadcast time sync (meters take one a day)."""
+        return self._last_sync.get(bus)
+
+    def note_time_sync(self, bus: str, day: dt.date) -> None:
+        """A time sync broadcast by someone else (a head-end command) counts for the day."""
+        self._last_sync[bus] = day
 
     # -- planning ------------------------------------------------------------------------------
     def _jitter(self, address: str) -> dt.timedelta:
@@ -325,7 +384,9 @@ class Collector:
     # -- working ---------------------------------------------------------------------------
     def _note_wake(self, bus: str, when: dt.datetime) -> None:
         current = self._wake.get(bus)
-        if current is None or when < current:
+        # A wake time already past was for work the pass in progress takes anyway: a new one
+        # replaces it, or the bus would sleep the idle fallback instead of until ``when``.
+        if current is None or when < current or current <= self.clock.now():
             self._wake[bus] = when
             self._kick[bus].set()
 
@@ -349,6 +410,7 @@ class Collector:
                 waiter.cancel()
 
     async def _worker(self, bus: str) -> None:
+        bind_contextvars(bus=bus)  # this task's context: every line it logs names the bus
         ready = bus not in self.prepare
         while not self.stopping:
             if not ready:
@@ -356,10 +418,14 @@ class Collector:
                 if not ready:
                     await self._sleep_until(self.clock.now() + dt.timedelta(seconds=300), bus)
                     continue
-            if bus in self.rounds:
-                processed = await self.collect_round(bus)
-            else:
-                processed = await self.collect_bus(bus)
+            self.working.add(bus)
+            try:
+                if bus in self.rounds:
+                    processed = await self.collect_round(bus)
+                else:
+                    processed = await self.collect_bus(bus)
+            finally:
+                self.working.discard(bus)
             if processed:
                 continue
             wake = self._wake.pop(bus, None)
@@ -367,12 +433,18 @@ class Collector:
             if wake is None or wake <= now:
                 wake = now + dt.timedelta(seconds=300)
             await self._sleep_until(wake, bus)
+            if self.clock.now() < wake:
+                # Woken early by new work: the appointment that was popped still stands.
+                current = self._wake.get(bus)
+                if current is None or wake < current:
+                    self._wake[bus] = wake
 
     async def collect_bus(self, bus: str, now: dt.datetime | None = None) -> int:
         """Work every due entry of ``bus`` once; return how many entries were attempted."""
         access = self.accesses[bus]
         now = now or self.clock.now()
-        due = [e for e in await self.spool.due(now) if self._on_bus(e, bus)]
+        async with self._due_lock:
+            due = [e for e in await self.spool.due(now) if self._on_bus(e, bus)]
         by_meter: dict[str, list[LedgerEntry]] = {}
         for entry in due:
             by_meter.setdefault(entry.meter, []).append(entry)
@@ -380,7 +452,8 @@ class Collector:
         for meter, entries in by_meter.items():
             if self.stopping:
                 break
-            attempted += await self._collect_meter(self.meters[meter], entries, access)
+            with bound_contextvars(meter=meter):
+                attempted += await self._collect_meter(self.meters[meter], entries, access)
         self.stats.passes += 1
         await self._record_foreign(bus, access, now)
         if attempted:
@@ -426,11 +499,17 @@ class Collector:
             )
 
         source = RouterRound(by_meter, start, self.clock.now)
-        report = await self.rounds[bus].run_round(source, idle_timeout_s=self.round_idle_s)
+        report = await self.rounds[bus].run_round(
+            _Ticking(source, lambda: self._tick(bus)),
+            idle_timeout_s=self.round_idle_s,
+            stop=self._stop,
+        )
         log.info("router round on %s: %s", bus, report)
         readings: list[Reading] = []
         updates: list[LedgerEntry] = []
-        for attempt in source.conclude():
+        for attempt in source.conclude(stopped=self.stopping):
+            if self.stopping and attempt.finished_at is None:
+                continue  # cut short by the stop: not an attempt, still owed at the next start
             plan = self.meters[attempt.entry.meter]
             read_time = attempt.finished_at or self.clock.now()
             if attempt.session is None:
@@ -442,21 +521,34 @@ class Collector:
             result = attempt.session.result
             readings.extend(to_reading(plan.address, c, read_time, bus) for c in result.collected)
             updates.append(self._after_result(attempt.entry, result, read_time))
-            self._count(result)
+            self._count(attempt.entry, result, read_time)
             if result.clock_drift_s is not None:
                 self._record_drift(plan, result.clock_drift_s, read_time)
-        self.progress += report.reports + 1
         self.stats.readings_new += await self.spool.commit_collection(readings, updates)
         self.stats.passes += 1
         if bus in self.accesses:
             await self._maybe_time_sync(bus, self.accesses[bus])
         return len(updates)
 
-    def _count(self, result: SessionResult) -> None:
+    def _count(self, entry: LedgerEntry, result: SessionResult, at: dt.datetime) -> None:
+        item = item_of(entry.item).value
+        self._by_item[item] += len(result.collected)
+        self._sessions[item, "ok" if result.ok else "failed"] += 1
         if result.ok:
             self.stats.sessions_ok += 1
+            self._meter_last_ok[entry.meter] = at
         else:
             self.stats.sessions_failed += 1
+            self._meter_failures[entry.meter] += 1
+
+    def statistics(self) -> CollectorSnapshot:
+        return CollectorSnapshot(
+            replace(self.stats),
+            MappingProxyType(dict(self._by_item)),
+            MappingProxyType(dict(self._sessions)),
+            MappingProxyType(dict(self._meter_failures)),
+            MappingProxyType(dict(self._meter_last_ok)),
+        )
 
     def _on_bus(self, entry: LedgerEntry, bus: str) -> bool:
         plan = self.meters.get(entry.meter)
@@ -511,7 +603,7 @@ class Collector:
                 to_reading(plan.address, c, read_time, plan.bus) for c in result.collected
             )
             updates.append(self._after_result(entry, result, read_time))
-            self._count(result)
+            self._count(entry, result, read_time)
             if not result.ok:
                 log.info("meter %s %s %s: %s", plan.address, entry.item, entry.day, result.reason)
             if result.clock_drift_s is not None:
@@ -532,12 +624,17 @@ class Collector:
             try:
                 exchange = await access.request(request)
             except DriverError as exc:
+                self._tick(access.name)
                 session.on_failure(f"{exc.reason}: {exc}")
                 return
-            self.progress += 1
+            self._tick(access.name)
             if isinstance(session, ClockSession):
                 session.set_exchange_times(sent, self.clock.now())
             session.on_reply(exchange.reply)
+
+    def _tick(self, bus: str) -> None:
+        self.progress += 1
+        self.bus_progress[bus] += 1
 
     def _stale_snapshot(self, entry: LedgerEntry, now: dt.datetime) -> bool:
         if item_of(entry.item) is not Item.REALTIME or entry.next_attempt is None:
@@ -636,6 +733,7 @@ class Collector:
 __all__ = [
     "NEVER",
     "Collector",
+    "CollectorSnapshot",
     "CollectorStatistics",
     "MeterAccess",
     "MeterPlan",

@@ -103,11 +103,16 @@ class RouterRound:
         if attempt is not None:
             attempt.finished_at = self._now()
 
-    def conclude(self) -> list[Attempt]:
-        """Every entry of the round: worked, cut short, or never reached."""
+    def conclude(self, *, stopped: bool = False) -> list[Attempt]:
+        """Every entry of the round: worked, cut short, or never reached. After a stop, a
+        session still in progress is left unfinished (``finished_at`` stays ``None``): the
+        gateway stopped it, the meter did not fail it."""
         for address in list(self._current):
             attempt = self._current[address]
             assert attempt.session is not None
+            if stopped:
+                del self._current[address]
+                continue
             attempt.session.on_failure("timeout: the router round ended before the meter answered")
             self._close(address)
         out = list(self.attempts)
