@@ -1,7 +1,8 @@
 """``amigw run -c FILE``: start the gateway daemon (validates the configuration first).
 
 Exit statuses: 0 after a clean stop (SIGTERM/SIGINT), 78 when the configuration is invalid
-(one line per error on stderr), 1 when the daemon failed.
+(one line per error on stderr), 1 when the daemon failed. SIGHUP re-reads the file's
+``[logging]`` levels; everything else needs a restart.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import logging
 import sys
 from typing import Any
 
+from gateway import logs
 from gateway.config import ConfigError, load_config
 
 EX_CONFIG = 78
+log = logging.getLogger("amigw.cli.run")
 
 
 def register(sub: Any) -> None:
@@ -26,7 +29,12 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-c", "--config", required=True, help="the TOML configuration file")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--log-level",
+        default=None,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="overrides [logging] level (the per-logger levels still apply)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -37,11 +45,18 @@ def run(args: argparse.Namespace) -> int:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return EX_CONFIG
-    logging.basicConfig(
-        level=args.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(config.logging, level=args.log_level, secrets=logs.config_secrets(config))
     from gateway.daemon import serve  # noqa: PLC0415 - keeps check-config and decode light
 
-    return asyncio.run(serve(config))
+    def reload() -> None:
+        try:
+            fresh = load_config(args.config)
+        except ConfigError as exc:
+            for line in exc.lines():
+                log.error("reload refused, keeping the running settings: %s", line)
+            return
+        logs.REDACTOR.add_secrets(logs.config_secrets(fresh))
+        logs.apply_levels(fresh.logging, args.log_level)
+        log.info("reloaded the logging levels from %s", args.config)
+
+    return asyncio.run(serve(config, reload=reload))
