@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup broker lint typecheck test bench demo clean
+.PHONY: setup broker promtool lint typecheck test bench demo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,10 +13,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-setup: $(STAMP) broker
+setup: $(STAMP) broker promtool
 
 broker:
 	@scripts/ensure-mosquitto.sh
+
+promtool:
+	@scripts/ensure-promtool.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
