@@ -8,13 +8,16 @@ points the gateway's uplink at it and subscribes to the gateway's topics, printi
 on the same bus names), with each bus pointing at the simulator's endpoint — the file a field
 engineer would write for that district. :func:`run_demo` starts the simulated district, runs
 the real daemon against it over ptys, TCP and the virtual PLC module with both sharing one
-scaled clock (so a simulated day passes in about a minute), and reports the day's collection.
+scaled clock (so a simulated day passes in about a minute), and ends with a short summary:
+meters read and the success rate of the last day, days caught up, alarms raised, and batches
+the head-end side received (:class:`DemoSummary`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import shutil
 import socket
@@ -22,14 +25,17 @@ import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
+from zoneinfo import ZoneInfo
 
 from drivers.clock import ScaledClock
 from gateway.config import Config, parse_config
 from simulator.run import Simulation, start_simulation
 from simulator.scenario import Scenario
-from spool import Spool
+from spool import CLEARED_SUFFIX, LedgerState, Spool
 
 from .daemon import build
 
@@ -91,36 +97,45 @@ def config_for(
     return "\n".join(lines) + "\n" + extra
 
 
-def config_for_simulation(sim: Simulation, spool: Path, clock: ScaledClock, **kwargs: Any) -> str:
-    """:func:`config_for` with every bus pointing at the running simulation's endpoints."""
+def config_for_simulation(
+    sim: Simulation,
+    spool: Path,
+    clock: ScaledClock,
+    *,
+    snappy: bool = False,
+    extra_tables: str = "",
+    **kwargs: Any,
+) -> str:
+    """:func:`config_for` with every bus pointing at the running simulation's endpoints.
+
+    ``snappy`` sizes each bus's timeout to its baud rate with one retry: wire time is real
+    while calendar time runs fast, so at 1440x a silent meter's default 3 x 1.5 s would cost
+    the bus almost two simulated hours per item.
+    """
     buses: dict[str, dict[str, Any]] = {}
     plc: dict[str, Any] | None = None
     for e in sim.endpoints:
+        timing = _snappy(e.baud) if snappy else {}
         if e.kind == "pty":
             # A pty cannot carry even parity; the wire accounting stays 8E1.
-            buses[e.bus] = {"kind": "serial", "device": e.path, "baud": e.baud, "parity": "N"}
+            buses[e.bus] = {
+                "kind": "serial", "device": e.path, "baud": e.baud, "parity": "N", **timing
+            }  # fmt: skip
         elif e.kind == "tcp":
-            buses[e.bus] = {"kind": "tcp", "host": e.host, "port": e.port, "baud": e.baud}
+            buses[e.bus] = {"kind": "tcp", "host": e.host, "port": e.port, "baud": e.baud, **timing}
         else:
             plc = {"device": e.path, "baud": e.baud, "parity": "N", "mode": "router"}
     clock_table = (
         f'[clock]\nmode = "scaled"\norigin = "{clock.origin.isoformat()}"\n'
         f"speed = {clock.speed!r}\nreal_origin = {clock.real_origin!r}\n"
     )
-    extra = clock_table + kwargs.pop("extra_tables", "")
+    extra = clock_table + extra_tables
     return config_for(sim.scenario, spool, buses=buses, plc=plc, extra=extra, **kwargs)
 
 
-async def _report(spool: Spool, config: Config, clock: ScaledClock, out: TextIO) -> None:
-    today = clock.now().astimezone(config.gateway.zone).date()
-    for day in sorted({e.day for e in await spool.ledger()}):
-        s = await spool.ledger_summary(day)
-        rate = f"{s.success_rate:.1%}" if s.success_rate is not None else "-"
-        mark = " (today)" if day == today else ""
-        print(
-            f"  {day}{mark}: {s.done} done, {s.failed} failed, {s.pending} pending, success {rate}",
-            file=out,
-        )
+def _snappy(baud: int) -> dict[str, int]:
+    # Room for a 64-byte request and a 64-byte reply at this baud rate, plus turnaround.
+    return {"timeout_ms": 300 + 2 * round(64 * 11 * 1000 / baud), "retries": 1}
 
 
 def _free_port() -> int:
@@ -130,12 +145,17 @@ def _free_port() -> int:
         return port
 
 
+def find_mosquitto() -> str | None:
+    """The mosquitto binary on PATH or at Debian's location, or ``None``."""
+    found = shutil.which("mosquitto")
+    if found is None and Path("/usr/sbin/mosquitto").exists():
+        found = "/usr/sbin/mosquitto"
+    return found
+
+
 @contextlib.contextmanager
-def _broker(workdir: Path) -> Iterator[int | None]:
-    """A private mosquitto on a free loopback port, or ``None`` when none is installed."""
-    binary = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+def _broker(workdir: Path, binary: str | None) -> Iterator[int | None]:
+    """A private mosquitto on a free loopback port, or ``None`` without a binary."""
     if binary is None:
         yield None
         return
@@ -153,7 +173,18 @@ def _broker(workdir: Path) -> Iterator[int | None]:
         proc.wait(5)
 
 
-async def _subscribe(port: int, topic: str, seen: Counter[str], out: TextIO) -> None:
+@dataclass
+class HeadEnd:
+    """What the head-end side received: batches, and the records in them, per topic."""
+
+    batches: Counter[str] = field(default_factory=Counter)
+    records: Counter[str] = field(default_factory=Counter)
+
+
+_BATCH_TOPICS: Final = frozenset({"readings", "alarms", "events", "ledger"})
+
+
+async def _subscribe(port: int, topic: str, seen: HeadEnd, out: TextIO) -> None:
     import aiomqtt  # noqa: PLC0415 - only when a broker runs
 
     for _ in range(50):
@@ -162,41 +193,162 @@ async def _subscribe(port: int, topic: str, seen: Counter[str], out: TextIO) -> 
                 await client.subscribe(topic, qos=1)
                 async for message in client.messages:
                     kind = str(message.topic).rsplit("/", 1)[-1]
-                    seen[kind] += 1
-                    if kind != "alarms" or not isinstance(message.payload, bytes):
+                    if kind not in _BATCH_TOPICS or not isinstance(message.payload, bytes):
                         continue
-                    for record in json.loads(message.payload).get("records", []):
+                    records = json.loads(message.payload).get("records", [])
+                    seen.batches[kind] += 1
+                    seen.records[kind] += len(records)
+                    if kind != "alarms":
+                        continue
+                    for record in records:
                         print(
-                            f"  alarm on {message.topic}: {record.get('type')} "
-                            f"meter {record.get('meter')} since {record.get('window_start')}",
+                            f"  head-end got alarm {record.get('type')} meter "
+                            f"{record.get('meter') or '-'} since {record.get('window_start')}",
                             file=out,
                         )
         except aiomqtt.MqttError:
             await asyncio.sleep(0.2)
 
 
-async def run_demo(scenario: Scenario, *, speed: float, duration_s: float, out: TextIO) -> int:
+@dataclass(frozen=True, slots=True)
+class DemoSummary:
+    """The figures the demo ends with (also what its test checks)."""
+
+    day: dt.date | None
+    meters: int
+    meters_read: int
+    day_items: int
+    day_rate: Decimal | None
+    items: int
+    done: int
+    caught_up_days: int
+    recovered: int
+    alarms: Counter[str]
+    cleared: int
+    delivered: HeadEnd | None
+
+    @property
+    def rate(self) -> Decimal | None:
+        if not self.items:
+            return None
+        return (Decimal(self.done) / Decimal(self.items)).quantize(Decimal("0.0001"))
+
+
+async def summarise(
+    spool: Spool, config: Config, first_day: dt.date, delivered: HeadEnd | None
+) -> DemoSummary:
+    """The run in a few figures: the last day's collection, catch-up, alarms, delivery."""
+    entries = await spool.ledger()
+    days = sorted({e.day for e in entries})
+    day = days[-1] if days else None
+    today = [e for e in entries if e.day == day]
+    done_today = {e.meter for e in today if e.state is LedgerState.DONE}
+    summary = await spool.ledger_summary(day) if day is not None else None
+    alarms: Counter[str] = Counter()
+    cleared = 0
+    for alarm in await spool.alarms():
+        if alarm.type.endswith(CLEARED_SUFFIX):
+            cleared += 1
+        else:
+            alarms[alarm.type] += 1
+    return DemoSummary(
+        day=day,
+        meters=len(config.meter),
+        meters_read=len(done_today),
+        day_items=len(today),
+        day_rate=None if summary is None else summary.success_rate,
+        items=len(entries),
+        done=sum(e.state is LedgerState.DONE for e in entries),
+        caught_up_days=sum(
+            1
+            for d in days
+            if d < first_day and all(e.state is LedgerState.DONE for e in entries if e.day == d)
+        ),
+        recovered=sum(e.state is LedgerState.DONE and e.attempts > 1 for e in entries),
+        alarms=alarms,
+        cleared=cleared,
+        delivered=delivered,
+    )
+
+
+def print_summary(s: DemoSummary, out: TextIO) -> None:
+    def pct(rate: Decimal | None) -> str:
+        return "-" if rate is None else f"{rate:.1%}"
+
+    print("summary", file=out)
+    print(f"  meters read        {s.meters_read} of {s.meters} on {s.day or '-'}", file=out)
+    print(
+        f"  success rate       {pct(s.day_rate)} of {s.day_items} items on {s.day or '-'}; "
+        f"{pct(s.rate)} of {s.items} items over every day",
+        file=out,
+    )
+    print(
+        f"  catch-up           {s.caught_up_days} earlier day(s) from the meters' history; "
+        f"{s.recovered} item(s) done on a retry",
+        file=out,
+    )
+    kinds = ", ".join(f"{t} {n}" for t, n in sorted(s.alarms.items()))
+    print(
+        f"  alarms raised      {sum(s.alarms.values())}" + (f": {kinds}" if kinds else "")
+        + f"; {s.cleared} cleared since",
+        file=out,
+    )  # fmt: skip
+    if s.delivered is None:
+        print("  batches delivered  - (no broker: the uplink was off)", file=out)
+        return
+    by_topic = ", ".join(f"{t} {n}" for t, n in sorted(s.delivered.batches.items()))
+    print(
+        f"  batches delivered  {sum(s.delivered.batches.values())} to the subscriber"
+        + (f": {by_topic}" if by_topic else "")
+        + f" ({sum(s.delivered.records.values())} records)",
+        file=out,
+    )
+
+
+NO_BROKER: Final = (
+    "mosquitto is not installed, so this demo runs without the uplink. `make demo` installs "
+    "it when run as root; otherwise install it (Debian/Ubuntu: sudo apt-get install "
+    "mosquitto) and run the demo again."
+)
+
+
+async def run_demo(
+    scenario: Scenario,
+    *,
+    speed: float,
+    duration_s: float,
+    out: TextIO,
+    mosquitto: str | bool | None = True,
+    keep: Path | None = None,
+) -> DemoSummary:
+    """Run the demo and print as it goes; ``mosquitto``: a binary, ``True`` to look for one,
+    ``None``/``False`` for none (the uplink is then off). ``keep``: a directory to leave the
+    configuration and spool in (otherwise a temporary one, removed at the end)."""
+    binary = find_mosquitto() if mosquitto is True else (mosquitto or None)
     clock = ScaledClock(scenario.start, speed=speed)
+    first_day = scenario.start.astimezone(ZoneInfo(scenario.zone.name)).date()
     async with start_simulation(scenario, clock) as sim:
         print(f"simulated district {scenario.name!r}: {len(sim.district.meters)} meters", file=out)
         for e in sim.endpoints:
             print(f"  {e.describe()}", file=out)
-        with tempfile.TemporaryDirectory(prefix="amigw-demo-") as tmp, _broker(Path(tmp)) as port:
-            uplink = (
-                ""
-                if port is None
-                else f'[uplink]\nhost = "127.0.0.1"\nport = {port}\nbatch_max_age_s = 1\n'
-            )
+        with (
+            _workdir(keep) as tmp,
+            _broker(Path(tmp), binary) as port,
+        ):
+            metrics_port = _free_port()
+            extra = f"[metrics]\nport = {metrics_port}\n"
+            if port is not None:
+                extra += f'[uplink]\nhost = "127.0.0.1"\nport = {port}\nbatch_max_age_s = 1\n'
             text = config_for_simulation(
-                sim, Path(tmp) / "spool.sqlite", clock, extra_tables=uplink
+                sim, Path(tmp) / "spool.sqlite", clock, snappy=True, extra_tables=extra
             )
             config = parse_config(text, "demo configuration")
             (Path(tmp) / "amigw.toml").write_text(text, encoding="utf-8")
             daemon = await build(config, clock)
-            seen: Counter[str] = Counter()
+            seen = None if port is None else HeadEnd()
             listener = None
-            if port is None:
-                print("mosquitto is not installed: the uplink is off in this demo", file=out)
+            if port is None or seen is None:
+                print(NO_BROKER, file=out)
             else:
                 topic = (
                     f"{config.uplink.prefix if config.uplink else 'amigw'}/{config.gateway.id}/#"
@@ -204,13 +356,16 @@ async def run_demo(scenario: Scenario, *, speed: float, duration_s: float, out: 
                 print(f"broker 127.0.0.1:{port}; the head-end side subscribes to {topic}", file=out)
                 listener = asyncio.create_task(_subscribe(port, topic, seen, out))
             print(
-                f"gateway {config.gateway.id} collecting; simulated time runs {speed:g}x", file=out
+                f"gateway {config.gateway.id} collecting (metrics on 127.0.0.1:{metrics_port}); "
+                f"simulated time runs {speed:g}x",
+                file=out,
             )
             task = asyncio.create_task(daemon.run())
             started = asyncio.get_running_loop().time()
             try:
-                while asyncio.get_running_loop().time() - started < duration_s and not task.done():
-                    await asyncio.sleep(min(10.0, duration_s))
+                loop = asyncio.get_running_loop()
+                while (left := duration_s - (loop.time() - started)) > 0 and not task.done():
+                    await asyncio.sleep(min(10.0, left))
                     now = clock.now().astimezone(config.gateway.zone)
                     stats = daemon.collector.stats
                     print(
@@ -228,14 +383,40 @@ async def run_demo(scenario: Scenario, *, speed: float, duration_s: float, out: 
                     listener.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await listener
-            print("collection ledger:", file=out)
-            await _report(daemon.spool, config, clock, out)
-            kinds: dict[str, int] = {}
-            for event in await daemon.spool.events():
-                kinds[event.type] = kinds.get(event.type, 0) + 1
-            print(f"events: {kinds or 'none'}", file=out)
-            print(f"readings stored: {await daemon.spool.count_readings()}", file=out)
-            if port is not None:
-                print(f"received over MQTT (messages per topic): {dict(seen) or 'none'}", file=out)
-            await daemon.spool.close()
-    return 0
+            try:
+                print("collection ledger:", file=out)
+                await _report(daemon.spool, first_day, out)
+                result = await summarise(daemon.spool, config, first_day, seen)
+                print_summary(result, out)
+            finally:
+                await daemon.spool.close()
+    if keep is not None:
+        print(
+            f"kept in {keep}: try  amigw ledger --spool {keep / 'spool.sqlite'} --date "
+            f"{result.day}  or  amigw spool stats -c {keep / 'amigw.toml'}",
+            file=out,
+        )
+    return result
+
+
+@contextlib.contextmanager
+def _workdir(keep: Path | None) -> Iterator[str]:
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="amigw-demo-") as tmp:
+            yield tmp
+        return
+    keep.mkdir(parents=True, exist_ok=True)
+    for name in ("spool.sqlite", "spool.sqlite-wal", "spool.sqlite-shm"):
+        (keep / name).unlink(missing_ok=True)  # a fresh district needs a fresh spool
+    yield str(keep)
+
+
+async def _report(spool: Spool, first_day: dt.date, out: TextIO) -> None:
+    for day in sorted({e.day for e in await spool.ledger()}):
+        s = await spool.ledger_summary(day)
+        rate = f"{s.success_rate:.1%}" if s.success_rate is not None else "-"
+        mark = " (caught up)" if day < first_day else ""
+        print(
+            f"  {day}{mark}: {s.done} done, {s.failed} failed, {s.pending} pending, success {rate}",
+            file=out,
+        )

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from gateway import __version__
 
-from . import check_config, decode, demo, read, simulate
+from . import check_config, decode, demo, ledger, read, replay, simulate, spool_cmd
 from . import run as run_command
 
 EX_OK = 0
@@ -20,7 +20,7 @@ EX_USAGE = 64
 EX_DATAERR = 65
 EX_CONFIG = 78
 
-COMMANDS = (run_command, check_config, read, decode, simulate, demo)
+COMMANDS = (run_command, check_config, read, decode, replay, spool_cmd, ledger, simulate, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

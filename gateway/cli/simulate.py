@@ -18,11 +18,13 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from drivers.clock import ScaledClock
-from simulator.run import Simulation, run_simulation
-from simulator.scenario import Scenario, ScenarioError, load_scenario
+
+if TYPE_CHECKING:
+    from simulator.run import Simulation
+    from simulator.scenario import Scenario
 
 EX_OK = 0
 EX_USAGE = 64
@@ -70,6 +72,10 @@ def _start(text: str, scenario: Scenario) -> dt.datetime:
 
 
 def run(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
+    # The simulator is imported here, not at module level: `amigw run` builds this parser too
+    # and should not carry the simulator's modules in its memory.
+    from simulator.scenario import ScenarioError, load_scenario  # noqa: PLC0415
+
     out = stdout or sys.stdout
     if not args.speed > 0:
         print(f"amigw simulate: --speed must be positive, got {args.speed}", file=sys.stderr)
@@ -109,6 +115,8 @@ def _writer(path: str, clock: ScaledClock, out: TextIO) -> Callable[[Simulation]
 async def _serve(
     scenario: Scenario, clock: ScaledClock, out: TextIO, config: str | None = None
 ) -> None:
+    from simulator.run import run_simulation  # noqa: PLC0415 - see run()
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
