@@ -1,38 +1,41 @@
-"""Batches to JSON: each record rendered by SQLite from the stored columns, on a connection of
-its own.
+"""Batches to JSON: records rendered by SQLite from the stored columns, on the outbox's worker.
 
 Rendering is what a drain of a large backlog is bound by, so it is done by SQLite (``printf``
 over the columns, ``group_concat`` per batch) rather than by decoding rows into Python objects:
 with no Python callback per row, SQLite works without the GIL, beside the event loop that
-publishes. It reads through a second connection (opened on first use): in WAL mode a reader
-never waits for the writer, so the next batches render while the spool's own connection is
-busy committing (an fsync each) and the collector keeps writing.
+publishes. It runs on the outbox's worker thread and connection (:mod:`spool.worker`), right
+after the cut that made the batches, so a window of batches costs one hand-over; in WAL mode
+its reads never wait for the collector's writes on the spool's own connection.
 
 Each record is one JSON object; values and event details keep the spool codec's exact decimals
 ``{"$dec": "3911.88"}``. The forms are documented in ``docs/uplink.md`` and pinned by the JSON
-Schemas under ``etc/schema/``. DI names come from a lookup the caller gives (the spool does not
-know the DI registry): SQLite writes a marker ``\\x01<DI>\\x01`` where the name goes (a raw
-control character cannot occur anywhere else in JSON text) and the marker is replaced once per
-batch, which costs a fraction of a per-row join.
+Schemas under ``etc/schema/``.
+
+Readings are most of the volume, and most of a reading's JSON depends on four columns with few
+distinct values (DI, kind, quality, source). So each such combination gets a printf format of
+its own with those parts, the DI's name included, written in as literal text; a temporary table
+on the worker's connection holds the formats, a primary-key lookup per row finds them, and
+printf only fills in the six columns that vary. A combination seen for the first time (no
+format yet) is counted by the render; the formats are then made in Python (the DI registry is
+not the spool's) and the batches rendered again. The output is the same either way.
+
+A whole group of batches comes back as one row: the batches' records as one UTF-8 blob and a
+list of ``seq count bytes`` for each. Python's sqlite3 releases the GIL while SQLite works and
+takes it back for every row it returns; with the event loop busy publishing, each of those
+hand-overs can wait out the interpreter's switch interval, so one row per call is much faster
+than one per batch. Batches are views into the blob: nothing is copied until the payload is
+built.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
-import aiosqlite
-
-from spool.errors import translate
-from spool.store import DEFAULT_BUSY_TIMEOUT, Spool
 from spool.streams import TABLES, Batch, BatchRef, Stream
-
-_MARK: Final = "\x01"
 
 
 def _printf(template: str, columns: str) -> str:
@@ -44,12 +47,9 @@ def _printf(template: str, columns: str) -> str:
 # offsets has one key. Columns written from enums or validated by CHECKs go in unquoted.
 _RECORD: Final[Mapping[Stream, str]] = MappingProxyType(
     {
-        Stream.READINGS: _printf(
-            '{"key":["%s","%s",%d],"meter":"%s","di":"%s","name":%s,"kind":"%s",'
-            '"data_time":"%s","read_time":"%s","quality":"%s","source":%s,"values":%s}',
-            "r.meter, r.di, r.data_epoch, r.meter, r.di, char(1) || r.di || char(1), r.kind,"
-            " r.data_time, r.read_time, r.quality, json_quote(r.source), r.value_json",
-        ),
+        # The format comes from temp.reading_forms (see _reading_form); NULL when none exists.
+        Stream.READINGS: "printf(f.form, r.meter, r.data_epoch, r.meter, r.data_time,"
+        " r.read_time, r.value_json)",
         Stream.EVENTS: _printf(
             '{"key":[%s,%s,%d,%s],"source":%s,"type":%s,"subject":%s,'
             '"event_time":"%s","details":%s}',
@@ -72,127 +72,158 @@ _RECORD: Final[Mapping[Stream, str]] = MappingProxyType(
         ),
     }
 )
+# Per stream: the join that finds each record's format, and how many records had none.
+_FORM_JOIN: Final[Mapping[Stream, str]] = MappingProxyType(
+    {
+        Stream.READINGS: "LEFT JOIN temp.reading_forms f "
+        "ON (f.di, f.kind, f.quality, f.source) = (r.di, r.kind, r.quality, r.source)",
+    }
+)
+_UNFORMED: Final[Mapping[Stream, str]] = MappingProxyType({Stream.READINGS: "sum(f.form IS NULL)"})
+_CREATE_FORMS: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS reading_forms (di TEXT NOT NULL, kind TEXT NOT NULL,"
+    " quality TEXT NOT NULL, source TEXT NOT NULL, form TEXT NOT NULL,"
+    " PRIMARY KEY (di, kind, quality, source)) WITHOUT ROWID"
+)
+# The combinations of a group of batches that have no format yet.
+_UNFORMED_KEYS: Final = (
+    "SELECT DISTINCT r.di, r.kind, r.quality, r.source, json_quote(r.source) "  # noqa: S608
+    "FROM outbox_batches b CROSS JOIN readings r ON r.id BETWEEN b.first_id AND b.last_id "
+    f"{_FORM_JOIN[Stream.READINGS]} "
+    "WHERE +b.stream = 'readings' AND b.seq BETWEEN ? AND ? AND f.form IS NULL"
+)
+#: formats kept at most (the table is emptied and refilled beyond it)
+MAX_FORMS: Final = 4096
 # Several batches in one statement: batches are the outer loop (by seq; CROSS JOIN fixes the
 # order, and "+b.stream" keeps the planner off the stream index) and each one's records the
 # inner loop (by id), so GROUP BY needs no sort and each group_concat sees its records in
 # id order. Outbox checks that plan once and renders batch by batch if SQLite ever picks another.
-#
-# The whole result comes back as one row (batches separated by \x03, fields by \x02: neither
-# can occur in JSON text). Python's sqlite3 releases the GIL while SQLite works and takes it back
-# for every row it returns; with the event loop busy publishing, each of those hand-overs can
-# wait out the interpreter's switch interval, so one row per call is much faster than one per
-# batch.
+# ``length(CAST(... AS BLOB))`` counts bytes, not characters.
 _RENDER_MANY: Final = (
-    "SELECT group_concat(seq || char(2) || n || char(2) || records, char(3)) FROM ("
-    "SELECT b.seq AS seq, count(r.id) AS n, group_concat({record}, ',') AS records "
+    "SELECT group_concat(seq || ' ' || n || ' ' || length(CAST(records AS BLOB)), ' '), "
+    "CAST(group_concat(records, '') AS BLOB), sum(unformed) FROM ("
+    "SELECT b.seq AS seq, count(r.id) AS n, {unformed} AS unformed, "
+    "coalesce(group_concat({record}, ','), '') AS records "
     "FROM outbox_batches b CROSS JOIN {table} r ON r.id BETWEEN b.first_id AND b.last_id "
-    "WHERE +b.stream = ? AND b.seq BETWEEN ? AND ? GROUP BY b.seq ORDER BY b.seq)"
+    "{join} WHERE +b.stream = ? AND b.seq BETWEEN ? AND ? GROUP BY b.seq ORDER BY b.seq)"
 )
 _RENDER_ONE: Final = (
-    "SELECT count(r.id), group_concat({record}, ',') FROM ("
-    "SELECT * FROM {table} WHERE id BETWEEN ? AND ? ORDER BY id) r"
+    "SELECT count(r.id), CAST(group_concat({record}, ',') AS BLOB), {unformed} FROM ("
+    "SELECT * FROM {table} WHERE id BETWEEN ? AND ? ORDER BY id) r {join}"
 )
 
 
 class Renderer:
-    """Renders batches of one :class:`~spool.store.Spool` through its own reader connection,
-    closed with the spool (or by :meth:`close`)."""
+    """Renders batches through a connection it is given (the outbox's worker connection; its
+    methods run on that connection's thread). Each connection is prepared once: the formats
+    table is created and the plan of the grouped statement checked."""
 
-    def __init__(self, spool: Spool, names: Callable[[str], str | None] | None = None) -> None:
-        self._spool = spool
+    def __init__(self, names: Callable[[str], str | None] | None = None) -> None:
         self._names: Callable[[str], str | None] = names or _no_name
-        self._reader: aiosqlite.Connection | None = None
-        self._reader_lock = asyncio.Lock()
+        self._conn: sqlite3.Connection | None = None
         self._grouped: dict[Stream, bool] = {}
-        self._name_json: dict[str, str] = {}
+        self._forms = 0
 
-    async def close(self) -> None:
-        async with self._reader_lock:
-            reader, self._reader = self._reader, None
-            if reader is not None:
-                try:
-                    await reader.close()
-                except sqlite3.Error as exc:
-                    raise translate(exc, self._spool.path) from exc
+    def prepare(self, conn: sqlite3.Connection) -> None:
+        if conn is self._conn:
+            return
+        conn.execute(_CREATE_FORMS)
+        conn.execute("DELETE FROM temp.reading_forms")
+        self._forms = 0
+        for stream in Stream:
+            plan = conn.execute(
+                "EXPLAIN QUERY PLAN " + _render_many(stream), (stream.value, 0, 0)
+            ).fetchall()
+            steps = " | ".join(str(row[-1]) for row in plan)
+            self._grouped[stream] = "TEMP B-TREE" not in steps and (
+                "SEARCH r USING INTEGER PRIMARY KEY" in steps
+            )
+        self._conn = conn
 
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The reader connection, opened on first use; sqlite3 errors mapped."""
-        async with self._reader_lock:
-            try:
-                if self._reader is None:
-                    self._reader = await self._open_reader()
-                yield self._reader
-            except sqlite3.Error as exc:
-                raise translate(exc, self._spool.path) from exc
-
-    async def _open_reader(self) -> aiosqlite.Connection:
-        self._spool._require()  # a closed spool is an error here too, not a fresh file
-        conn = await aiosqlite.connect(self._spool.path, isolation_level=None)
-        if self.close not in self._spool._dependents:
-            self._spool._dependents.append(self.close)
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(DEFAULT_BUSY_TIMEOUT * 1000):d}")
-            for stream in Stream:
-                plan = await conn.execute_fetchall(
-                    "EXPLAIN QUERY PLAN " + _render_many(stream), (stream.value, 0, 0)
-                )
-                steps = " | ".join(str(row[-1]) for row in plan)
-                self._grouped[stream] = "TEMP B-TREE" not in steps and (
-                    "SEARCH r USING INTEGER PRIMARY KEY" in steps
-                )
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
-
-    async def render(self, refs: Sequence[BatchRef]) -> list[Batch]:
+    def render(self, conn: sqlite3.Connection, refs: Sequence[BatchRef]) -> list[Batch]:
         """The batches' records as JSON, read back by id range (for a first send or a resend),
         in the order of ``refs``. A batch no longer open renders with no records."""
         if not refs:
             return []
-        rendered: dict[int, tuple[int, str]] = {}
-        async with self._read() as conn:
-            for stream in Stream:
-                mine = [r for r in refs if r.stream is stream]
-                if not mine:
-                    continue
-                if self._grouped[stream]:
-                    low, high = min(r.seq for r in mine), max(r.seq for r in mine)
-                    rows = list(
-                        await conn.execute_fetchall(_render_many(stream), (stream.value, low, high))
-                    )
-                    joined = str(rows[0][0] or "") if rows else ""
-                    for part in filter(None, joined.split("\x03")):
-                        seq, n, text = part.split("\x02", 2)
-                        rendered[int(seq)] = (int(n), text)
-                    continue
-                for ref in mine:
-                    cursor = await conn.execute(_render_one(stream), (ref.first_id, ref.last_id))
-                    row = await cursor.fetchone()
-                    if row is not None and row[0]:
-                        rendered[ref.seq] = (int(row[0]), row[1])
+        self.prepare(conn)
+        rendered: dict[int, tuple[int, memoryview]] = {}
+        for stream in Stream:
+            mine = [r for r in refs if r.stream is stream]
+            if not mine:
+                continue
+            # A new combination is formatted and the group rendered again: the second pass
+            # finds every format (the first only ever misses formats, never rows).
+            for _ in range(3):
+                if not self._render_stream(conn, stream, mine, rendered):
+                    break
+                self._add_forms(conn, mine)
+            else:
+                raise sqlite3.OperationalError("reading formats could not be made")
+        empty = memoryview(b"")
         out = []
         for ref in refs:
-            count, text = rendered.get(ref.seq, (0, ""))
-            out.append(
-                Batch(ref, count, self._named(text) if ref.stream is Stream.READINGS else text)
-            )
+            count, records = rendered.get(ref.seq, (0, empty))
+            out.append(Batch(ref, count, records))
         return out
 
-    def _named(self, text: str) -> str:
-        """Replace each ``\\x01<DI>\\x01`` marker by the DI's name as JSON (or ``null``)."""
-        if _MARK not in text:
-            return text
-        parts = text.split(_MARK)
-        names = self._name_json
-        for i in range(1, len(parts), 2):
-            di = parts[i]
-            name = names.get(di)
-            if name is None:
-                name = names[di] = json.dumps(self._names(di), ensure_ascii=False)
-            parts[i] = name
-        return "".join(parts)
+    def _render_stream(
+        self,
+        conn: sqlite3.Connection,
+        stream: Stream,
+        refs: Sequence[BatchRef],
+        rendered: dict[int, tuple[int, memoryview]],
+    ) -> int:
+        """Render ``refs`` (all of ``stream``) into ``rendered``; return how many records had
+        no format yet (their batches are then incomplete and must be rendered again)."""
+        if self._grouped[stream]:
+            low, high = min(r.seq for r in refs), max(r.seq for r in refs)
+            row = conn.execute(_render_many(stream), (stream.value, low, high)).fetchone()
+            if row is None or row[0] is None:
+                return 0
+            index, blob, unformed = row
+            view = memoryview(blob)
+            numbers = [int(n) for n in str(index).split()]
+            at = 0
+            for i in range(0, len(numbers), 3):
+                seq, count, size = numbers[i : i + 3]
+                rendered[seq] = (count, view[at : at + size])
+                at += size
+            return int(unformed or 0)
+        missing = 0
+        for ref in refs:
+            row = conn.execute(_render_one(stream), (ref.first_id, ref.last_id)).fetchone()
+            if row is not None and row[0]:
+                rendered[ref.seq] = (int(row[0]), memoryview(row[1] or b""))
+                missing += int(row[2] or 0)
+        return missing
+
+    def _add_forms(self, conn: sqlite3.Connection, refs: Sequence[BatchRef]) -> None:
+        low, high = min(r.seq for r in refs), max(r.seq for r in refs)
+        keys = conn.execute(_UNFORMED_KEYS, (low, high)).fetchall()
+        if self._forms + len(keys) > MAX_FORMS:
+            conn.execute("DELETE FROM temp.reading_forms")
+            self._forms = 0
+            keys = conn.execute(_UNFORMED_KEYS, (low, high)).fetchall()
+        rows = [(di, kind, quality, source, self._reading_form(di, kind, quality, source_json))
+                for di, kind, quality, source, source_json in keys]  # fmt: skip
+        conn.executemany("INSERT OR REPLACE INTO temp.reading_forms VALUES (?, ?, ?, ?, ?)", rows)
+        self._forms += len(rows)
+
+    def _reading_form(self, di: str, kind: str, quality: str, source_json: str) -> str:
+        """The printf format of one (DI, kind, quality, source): fills in meter, data epoch,
+        meter, data time, read time and values, in that order."""
+
+        def lit(text: str) -> str:
+            return text.replace("%", "%%")
+
+        name = lit(json.dumps(self._names(di), ensure_ascii=False))
+        di_text, kind_json = lit(json.dumps(di)), lit(json.dumps(kind, ensure_ascii=False))
+        quality_json = lit(json.dumps(quality, ensure_ascii=False))
+        return (
+            f'{{"key":["%s",{di_text},%d],"meter":"%s","di":{di_text},"name":{name},'
+            f'"kind":{kind_json},"data_time":"%s","read_time":"%s","quality":{quality_json},'
+            f'"source":{lit(source_json)},"values":%s}}'
+        )
 
 
 def _no_name(di: str) -> str | None:
@@ -200,8 +231,18 @@ def _no_name(di: str) -> str | None:
 
 
 def _render_many(stream: Stream) -> str:
-    return _RENDER_MANY.format(record=_RECORD[stream], table=TABLES[stream])
+    return _RENDER_MANY.format(
+        record=_RECORD[stream],
+        table=TABLES[stream],
+        join=_FORM_JOIN.get(stream, ""),
+        unformed=_UNFORMED.get(stream, "0"),
+    )
 
 
 def _render_one(stream: Stream) -> str:
-    return _RENDER_ONE.format(record=_RECORD[stream], table=TABLES[stream])
+    return _RENDER_ONE.format(
+        record=_RECORD[stream],
+        table=TABLES[stream],
+        join=_FORM_JOIN.get(stream, ""),
+        unformed=_UNFORMED.get(stream, "0"),
+    )

@@ -45,13 +45,14 @@ class BatchRef:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """A batch ready to publish: ``records_json`` is its records as JSON objects joined by
-    commas (what goes between ``[`` and ``]``), ``count`` how many there are now (fewer than
-    ``ref.records`` if some were evicted since the batch was cut)."""
+    """A batch ready to publish: ``records`` is its records as UTF-8 JSON objects joined by
+    commas (what goes between ``[`` and ``]``; a view into the rendered group, copied only
+    into the payload), ``count`` how many there are now (fewer than ``ref.records`` if some
+    were evicted since the batch was cut)."""
 
     ref: BatchRef
     count: int
-    records_json: str
+    records: memoryview
 
     @property
     def seq(self) -> int:
@@ -60,3 +61,8 @@ class Batch:
     @property
     def stream(self) -> Stream:
         return self.ref.stream
+
+    @property
+    def records_json(self) -> str:
+        """``records`` as text."""
+        return str(self.records, "utf-8")

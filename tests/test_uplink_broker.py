@@ -24,6 +24,8 @@ from drivers.clock import SystemClock
 from gateway.config import UplinkConfig, UplinkTlsConfig
 from gateway.uplink import Uplink
 from gateway.uplink.payloads import ack_payload, parse_batch
+from gateway.uplink.publisher import ACK_DELAY_S
+from gateway.uplink.reconnect import RealTimer
 from gateway.uplink.session import TlsSettings, tls_context
 from spool import Event, Outbox, Quality, Reading, ReadingKind, ReadingValue, Spool
 from tests.broker import (
@@ -143,6 +145,35 @@ async def test_delivers_everything_in_order_with_valid_payloads_and_status(
     assert (status[-1]["state"], status[-1]["reason"]) == ("offline", "shutdown")
     stats = uplink.statistics()
     assert (stats.batches_acked, stats.records_acked, stats.connects) == (16, 737, 1)
+
+
+class _AckDelayNeverEnds(RealTimer):
+    """Real time, except that the uplink's wait before committing acknowledgements on their own
+    never ends: whatever gets committed is committed by a cut or at once when idle."""
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds == ACK_DELAY_S:
+            await asyncio.Event().wait()
+        await super().sleep(seconds)
+
+
+async def test_acknowledgements_commit_with_cuts_and_at_once_when_idle(
+    broker: Broker, spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.uplink.feed.IDLE_POLL_S", 600.0)  # no idle cut takes them
+    await spool.write_readings(readings(0, 2000))  # forty batches, two windows of twenty
+    committed: list[int] = []
+    settings = config(broker, batch_max_age_s=0.2)
+    uplink = Uplink(settings, GW, spool, SystemClock(), timer=_AckDelayNeverEnds(),
+                    on_acknowledged=committed.extend)  # fmt: skip
+    async with running(uplink):
+        await wait_until(lambda: len(committed) == 40)
+        assert await uplink.outbox.empty()
+        # Later records, drained after an idle spell, are committed as soon as they are acked.
+        await spool.write_readings(readings(2000, 100))
+        await wait_until(lambda: len(committed) == 42)
+        assert await uplink.outbox.empty()
+    assert sorted(committed) == list(range(1, 43))
 
 
 async def test_broker_outage_mid_drain_loses_nothing(

@@ -322,3 +322,84 @@ async def test_batches_are_cut_across_gaps_in_the_ids(spool: Spool) -> None:
     ]
     batches = await outbox.render(take.cut)
     assert [b.count for b in batches] == [10, 10, 2]
+
+
+async def test_take_renders_what_it_cut_in_the_same_call(spool: Spool) -> None:
+    await spool.write_readings([reading(i) for i in range(35)])
+    async with Outbox(spool, names=lambda di: f"name {di}") as outbox:
+        take = await outbox.take(max_batches=10, max_records=10, now=NOW, render=True)
+        assert [b.seq for b in take.rendered] == [r.seq for r in take.cut] == [1, 2, 3]
+        assert list(take.rendered) == await outbox.render(take.cut)
+        assert [b.count for b in take.rendered] == [10, 10, 10]
+        # Without render the batches come back unrendered, to be rendered on demand.
+        assert (await outbox.take(max_batches=10, max_records=10, now=NOW)).rendered == ()
+
+
+async def test_reading_formats_are_made_once_and_keep_text_literal(spool: Spool) -> None:
+    # Names and sources are text inside a printf format: '%' and quotes must come out as-is.
+    name = 'forward "active" 100% %s %d'
+    sources = ["rs485-1", 'bus "2" 50%']
+    rows = [
+        Reading(f"{i:012d}", di, T0, NOW, {"total": ReadingValue(Decimal(f"{i}.5"), "kWh")},
+                Quality.OK, ReadingKind.DAILY_FROZEN, sources[i % 2])
+        for i, di in enumerate(["05060101", "05060201", "05060101", "9010"] * 3)
+    ]  # fmt: skip
+    await spool.write_readings(rows)
+    asked: list[str] = []
+
+    def names(di: str) -> str | None:
+        asked.append(di)
+        return None if di == "9010" else name
+
+    async with Outbox(spool, names=names) as outbox:
+        first = await cut_all(outbox, 5)
+        # One format per (DI, kind, quality, source) seen: three here, a name lookup each.
+        assert sorted(asked) == ["05060101", "05060201", "9010"]
+        again = await outbox.render([b.ref for b in first])  # every format known by now
+        assert again == first
+        assert sorted(asked) == ["05060101", "05060201", "9010"]
+    back = [r for b in first for r in parse_batch(BatchEncoder("gw").encode(b)).records]
+    assert [reading_of(r) for r in back] == rows
+    assert [r["name"] for r in back[:4]] == [name, name, name, None]
+    assert {r["source"] for r in back} == set(sources)
+
+
+async def test_more_combinations_than_formats_kept(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("spool.render.MAX_FORMS", 2)
+    dis = ["05060101", "05060201", "05060301", "05060401", "05060501"]
+    rows = [reading(i, di=dis[i % 5]) for i in range(40)]
+    await spool.write_readings(rows)
+    async with Outbox(spool, names=lambda di: f"name {di}") as outbox:
+        batches = await cut_all(outbox, 10)  # every batch holds all five DIs
+        again = await outbox.render([b.ref for b in batches])
+    assert again == batches
+    back = [r for b in batches for r in parse_batch(BatchEncoder("gw").encode(b)).records]
+    assert [reading_of(r) for r in back] == rows
+    assert [r["name"] for r in back[:5]] == [f"name {di}" for di in dis]
+
+
+async def test_ids_are_counted_again_once_a_range_shows_gaps(spool: Spool) -> None:
+    await spool.write_readings([reading(i) for i in range(40)])
+    async with Outbox(spool) as outbox:
+        take = await outbox.take(max_batches=2, max_records=10, now=NOW, render=True)
+        assert [(r.first_id, r.last_id) for r in take.cut] == [(1, 10), (11, 20)]
+        # Every id of those ranges held a record: the next cut takes ids by their span. A
+        # duplicate write uses an id up (41) and eviction deletes some (24..26) meanwhile.
+        await spool.write_readings([reading(0), *[reading(i) for i in range(40, 60)]])
+        await spool._require().execute("DELETE FROM readings WHERE id BETWEEN 24 AND 26")
+        take = await outbox.take(max_batches=2, max_records=10, now=NOW, render=True)
+        assert [(r.first_id, r.last_id) for r in take.cut] == [(21, 30), (31, 40)]
+        assert [b.count for b in take.rendered] == [7, 10]  # short of records, none lost
+        # That render showed the gap: the ids are counted again, and batches are full again.
+        take = await outbox.take(max_batches=5, max_records=10, now=NOW, render=True)
+        assert [(r.first_id, r.last_id, b.count) for r, b in zip(take.cut, take.rendered,
+                                                                  strict=True)] == [
+            (42, 51, 10),
+            (52, 61, 10),
+        ]  # fmt: skip
+        sent = [r["key"] for b in await outbox.render(await outbox.open_batches())
+                for r in parse_batch(BatchEncoder("gw").encode(b)).records]  # fmt: skip
+    written = [reading(i) for i in range(60) if i not in (23, 24, 25)]
+    assert sent == [[r.meter, r.di, int(r.data_time.timestamp())] for r in written]

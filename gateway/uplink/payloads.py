@@ -95,16 +95,16 @@ def _dumps(obj: Any) -> str:
 
 
 class BatchEncoder:
-    """Wraps rendered records in the batch envelope (the gateway part is encoded once)."""
+    """Wraps rendered records in the batch envelope (the gateway part is encoded once); the
+    records are copied once, straight from the rendered group into the payload."""
 
     def __init__(self, gateway: str) -> None:
-        self._head = f'{{"schema":"{BATCH_SCHEMA}","gateway":{_dumps(gateway)},'
+        head = f'{{"schema":"{BATCH_SCHEMA}","gateway":{_dumps(gateway)},'
+        self._heads = {s: f'{head}"stream":"{s.value}",'.encode() for s in Stream}
 
     def encode(self, batch: Batch) -> bytes:
-        return (
-            f'{self._head}"stream":"{batch.stream.value}","seq":{batch.seq:d},'
-            f'"count":{batch.count:d},"records":[{batch.records_json}]}}'
-        ).encode()
+        middle = b'"seq":%d,"count":%d,"records":[' % (batch.seq, batch.count)
+        return b"".join((self._heads[batch.stream], middle, batch.records, b"]}"))
 
 
 # -- status -------------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ class Window:
         self.size = size
         self.inflight: dict[int, InFlight] = {}
         self._changed = asyncio.Event()
+        # The sender waiting for a slot (one waiter at most: batches go out one at a time).
+        self._room: asyncio.Future[None] | None = None
+        self._woken = False
 
     @property
     def free(self) -> int:
@@ -44,6 +47,8 @@ class Window:
         """Give the slot of ``seq`` back (idempotent); return its entry if it was in flight."""
         entry = self.inflight.pop(seq, None)
         self._changed.set()
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
         return entry
 
     def published(self, entry: InFlight) -> None:
@@ -51,9 +56,16 @@ class Window:
         self._changed.set()
 
     async def wait_free(self) -> None:
-        while self.free <= 0:
-            self._changed.clear()
-            await self._changed.wait()
+        """Until a slot is free, or :meth:`wake` was called (the uplink is stopping)."""
+        while self.free <= 0 and not self._woken:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
+
+    def wake(self) -> None:
+        """Let :meth:`wait_free` return now and from now on, free slot or not."""
+        self._woken = True
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
 
     async def wait_settled(self, *, keep_published: bool) -> None:
         """Until nothing waits for a PUBACK (``keep_published``: published entries may stay,
