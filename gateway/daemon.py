@@ -2,10 +2,14 @@
 
 Start-up order: configuration (already validated), clock, spool, bus channels and the PLC
 module, then the collector, the edge checks and, when ``[uplink]`` is configured, the uplink,
-side by side in the TaskGroup. SIGTERM or SIGINT asks them all to stop: the exchange in flight
-finishes, its results are committed, the uplink settles its PUBACKs and says ``offline``, the
-channels and the spool are closed, and the process exits 0. A full spool (``SpoolFullError``
-after eviction) pauses collection instead of ending the daemon.
+side by side in the TaskGroup; with ``[commands]`` enabled, the head-end command service too
+(fed by the uplink's ``cmd`` subscription; its key file is checked with the configuration).
+SIGTERM or SIGINT asks them all to stop: the exchange in flight finishes, its results are
+committed, the uplink settles its PUBACKs and says ``offline``, the channels and the spool are
+closed, and the process exits 0. A full spool (``SpoolFullError``
+after eviction) pauses collection instead of ending the daemon. With ``[metrics]`` enabled
+(the default) the Prometheus endpoint serves from its own thread while the daemon runs; a
+listen address in use is logged and retried, never fatal (:mod:`gateway.metrics`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from drivers.channel import ChannelSettings, Dlt645Channel
@@ -24,13 +28,29 @@ from drivers.link import Link, SerialSettings, serial_opener, tcp_opener
 from drivers.plc import PlcDriver, PlcSettings
 from gateway.checks import Checker
 from gateway.collector.collector import Collector, MeterAccess, RoundRunner
+from gateway.commands import CommandService, load_keys
+from gateway.commands.archive import overlay
+from gateway.commands.archive import plc_archive as planned_plc_archive
 from gateway.config import Config, Edition, SerialBusConfig, TcpBusConfig
+from gateway.logs import add_secrets
+from gateway.metrics import Metrics, publish_latency
+from gateway.systemd import (
+    Notifier,
+    Watchdog,
+    report_status,
+    stall_budgets,
+    status_line,
+    watchdog_timeout,
+)
 from gateway.uplink import Uplink
 from protocols.bcd import Address
 from protocols.q13762 import ProtocolType
-from spool import Event, JSONValue, Spool, SpoolFullError
+from spool import CommandsStore, Event, JSONValue, Spool, SpoolFullError
 
 log = logging.getLogger("amigw.daemon")
+
+#: how often the ``STATUS=`` line is refreshed (real seconds)
+STATUS_INTERVAL_S = 30.0
 
 #: how long collection pauses after the spool stayed full even after eviction
 FULL_PAUSE_S = 60.0
@@ -88,14 +108,19 @@ def plc_archive(config: Config) -> dict[Address, ProtocolType]:
 
 
 def plc_preparer(
-    driver: PlcDriver, config: Config, spool: Spool, clock: Clock
+    driver: PlcDriver,
+    config: Config,
+    spool: Spool,
+    clock: Clock,
+    archive: Callable[[], Mapping[Address, ProtocolType]] | None = None,
 ) -> Callable[[], Awaitable[bool]]:
-    """Bring the module up and make its archive match the configuration (retried until it does)."""
+    """Bring the module up and make its archive match the configuration (retried until it
+    does); ``archive``, when given, says what the archive is now (command changes included)."""
 
     async def prepare() -> bool:
         try:
             info = await driver.start()
-            sync = await driver.sync_archive(plc_archive(config))
+            sync = await driver.sync_archive(plc_archive(config) if archive is None else archive())
         except DriverError as exc:
             log.warning("PLC module not ready: %s", exc)
             return False
@@ -127,17 +152,22 @@ class Daemon:
     on_ready: list[Callable[[], None]] = field(default_factory=list)
     uplink: Uplink | None = None
     checker: Checker | None = None
+    commands: CommandService | None = None
+    metrics: Metrics | None = None
+    paused: bool = False  # collection waits for room in the spool
 
     def stop(self) -> None:
         self.collector.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.uplink is not None:
             self.uplink.stop()
         if self.checker is not None:
             self.checker.stop()
+        if self.commands is not None:
+            self.commands.stop()
 
     async def run(self) -> None:
-        for callback in self.on_ready:
-            callback()
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._collect(), name="collector")
@@ -145,6 +175,13 @@ class Daemon:
                     tasks.create_task(self.uplink.run(), name="uplink")
                 if self.checker is not None:
                     tasks.create_task(self.checker.run(), name="checks")
+                if self.commands is not None:
+                    tasks.create_task(self.commands.run(), name="commands")
+                if self.metrics is not None:
+                    tasks.create_task(self.metrics.run(), name="metrics")
+                # The spool is open and every part has its task: ready (systemd's READY=1).
+                for callback in self.on_ready:
+                    callback()
         finally:
             for channel in self.channels.values():
                 await channel.close()
@@ -164,10 +201,55 @@ class Daemon:
                 )  # fmt: skip
             else:
                 return
+            self.paused = True
             waited = 0.0
             while waited < FULL_PAUSE_S and not self.collector.stopping:
                 await self.clock.sleep(1.0)
                 waited += 1.0
+            self.paused = False
+
+    async def status(self) -> str:
+        """The one-line summary systemd shows (``STATUS=``)."""
+        today = self.collector.local(self.clock.now()).date()
+        summary = await self.spool.ledger_summary(today)
+        connected = unsent = None
+        if self.uplink is not None:
+            connected = self.uplink.statistics().connected
+            unsent = (await self.uplink.outbox.statistics()).depth
+        return status_line(
+            len(self.config.meter), summary.done, summary.total,
+            uplink=connected, unsent=unsent, paused=self.paused,
+        )  # fmt: skip
+
+
+def _spellings(secret: bytes) -> tuple[str, ...]:
+    """How a key file may spell a secret: hex in either case, or text."""
+    return (secret.hex(), secret.hex().upper(), secret.decode("utf-8", "replace"))
+
+
+async def make_commands(daemon: Daemon, headend: Callable[[], bool] | None) -> CommandService:
+    """The head-end command service, fed by the uplink's ``cmd`` subscription; archive changes
+    made by command earlier are laid over the configured meters first."""
+    config = daemon.config
+    keys = load_keys(config.commands.key_file)
+    # Masked in every log line, however the key file spells them (hex or text).
+    add_secrets(*(text for k in keys.keys.values() for text in _spellings(k.secret)))
+    applied = overlay(daemon.collector.meters, await CommandsStore(daemon.spool).archive(), config)
+    if applied:
+        log.info("%d archive change(s) made by command applied over the configuration", applied)
+    uplink = daemon.uplink
+    service = CommandService(
+        config, keys, daemon.spool, daemon.clock,
+        collector=daemon.collector,
+        ledgers=None if daemon.checker is None else daemon.checker.ledgers,
+        plc=daemon.plc, headend=headend,
+        publish=None if uplink is None else uplink.post_result,
+    )  # fmt: skip
+    if uplink is not None:
+        uplink.attach_commands(service.submit_nowait, config.commands.results_held)
+    else:
+        log.warning("[commands] is enabled but there is no [uplink] to receive them from")
+    return service
 
 
 async def build(config: Config, clock: Clock | None = None) -> Daemon:
@@ -180,27 +262,83 @@ async def build(config: Config, clock: Clock | None = None) -> Daemon:
     plc = make_plc(config, clock)
     if plc is not None:
         accesses["plc"] = plc
-        prepare["plc"] = plc_preparer(plc, config, spool, clock)
+        prepare["plc"] = plc_preparer(
+            plc, config, spool, clock, lambda: planned_plc_archive(collector.meters)
+        )
         if config.plc is not None and config.plc.mode == "router":
             rounds["plc"] = plc
     collector = Collector(config, spool, accesses, clock, rounds=rounds, prepare=prepare)
     daemon = Daemon(config, clock, spool, channels, collector, plc)
+    latency = publish_latency() if config.metrics.enabled else None
     if config.uplink is not None:
-        daemon.uplink = Uplink(config.uplink, config.gateway.id, spool, clock)
+        daemon.uplink = Uplink(
+            config.uplink, config.gateway.id, spool, clock,
+            on_published=None if latency is None else latency.observe,
+        )  # fmt: skip
     uplink = daemon.uplink
     # The checks' auto-protect (no cut-off while the head-end is unreachable) asks the uplink.
     headend = None if uplink is None else (lambda: uplink.statistics().connected)
     daemon.checker = Checker(config, spool, clock, headend=headend)
+    if config.commands.enabled:
+        daemon.commands = await make_commands(daemon, headend)
+    if config.metrics.enabled:
+        daemon.metrics = Metrics(
+            config, clock, spool, collector,
+            channels=channels, plc=plc, uplink=uplink, checker=daemon.checker,
+            commands=daemon.commands,
+            latency=None if uplink is None else latency,
+        )  # fmt: skip
     return daemon
 
 
-async def serve(config: Config, clock: Clock | None = None) -> int:
-    """Run until SIGTERM/SIGINT; return the exit status."""
+async def serve(
+    config: Config, clock: Clock | None = None, *, reload: Callable[[], None] | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT; return the exit status. SIGHUP calls ``reload``.
+
+    Under systemd (``$NOTIFY_SOCKET``): ``READY=1`` once running, ``STATUS=`` lines, the
+    watchdog when ``$WATCHDOG_USEC`` asks for it, ``STOPPING=1`` on SIGTERM.
+    """
+    notifier = Notifier.from_environ()
+    notifier.status("starting: opening the spool")
     config.spool.path.parent.mkdir(parents=True, exist_ok=True)
     daemon = await build(config, clock)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.stop)
+
+    def stop() -> None:
+        notifier.stopping()
+        notifier.status("stopping: finishing the exchanges in flight")
+        daemon.stop()
+
+    def reread() -> None:
+        assert reload is not None
+        notifier.reloading()
+        reload()
+        notifier.ready()
+
+    signals = [signal.SIGTERM, signal.SIGINT]
+    for sig in signals:
+        loop.add_signal_handler(sig, stop)
+    if reload is not None:
+        signals.append(signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, reread)
+
+    def ready() -> None:
+        notifier.ready(f"collecting {len(config.meter)} meters")
+        log.info("ready")
+
+    daemon.on_ready.append(ready)
+    stopped = asyncio.Event()
+    background = []
+    if notifier.enabled:
+        background.append(
+            asyncio.create_task(report_status(notifier, daemon.status, STATUS_INTERVAL_S, stopped))
+        )
+        timeout = watchdog_timeout()
+        if timeout is not None:
+            budgets = stall_budgets(config, daemon.collector.round_idle_s)
+            watchdog = Watchdog(notifier, timeout, daemon.collector, budgets)
+            background.append(asyncio.create_task(watchdog.run(), name="watchdog"))
     log.info(
         "amigw %s started: %d bus(es), %d meter(s), spool %s",
         config.gateway.id, len(config.bus), len(config.meter), config.spool.path,
@@ -208,9 +346,14 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
     try:
         await daemon.run()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        stopped.set()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        for sig in signals:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         await daemon.spool.close()
+        notifier.close()
     log.info("amigw stopped")
     return 0

@@ -10,8 +10,8 @@ Two families, both active over a :class:`Window` of the injected clock:
 * **anomalies** change what the meter measures and registers, which the gateway's edge checks
   must catch later: :class:`RegisterBackwards`, :class:`StoppedMeter`, :class:`FastMeter`,
   :class:`ReverseEnergy`, :class:`ClockDrift`, :class:`CoverOpened`, :class:`LossOfVoltage`,
-  :class:`PowerDown`, :class:`BalanceOut`, :class:`BatteryLow`. The meter model
-  (:mod:`simulator.meter`) interprets them while it integrates, so an anomaly that started
+  :class:`PowerDown`, :class:`BalanceOut`, :class:`BatteryLow`, :class:`RelayStuck`. The meter
+  model (:mod:`simulator.meter`) interprets them while it integrates, so an anomaly that started
   while nobody asked is still applied at its exact start instant.
 """
 
@@ -257,6 +257,14 @@ class BatteryLow:
     window: Window
 
 
+@dataclass(frozen=True, slots=True)
+class RelayStuck:
+    """The relay does not follow 0x1C commands: the meter acknowledges them, but the relay
+    (and status word 3) stay as they were — a welded contact or a failed latch."""
+
+    window: Window
+
+
 Anomaly = (
     RegisterBackwards
     | StoppedMeter
@@ -268,4 +276,5 @@ Anomaly = (
     | PowerDown
     | BalanceOut
     | BatteryLow
+    | RelayStuck
 )

@@ -8,7 +8,8 @@ and the start and end of anomalies — each at its exact instant. Advancing over
 one step therefore leaves three daily records with the same values as advancing minute by minute.
 
 The meter keeps its own clock (offset and drift, set by broadcast time sync), freezes and bills
-by it, and carries out relay commands and time sync. Decoding requests and building replies
+by it, and carries out relay commands, time sync and 0x14 writes of its date and time (checked
+against its password). Decoding requests and building replies
 lives in :mod:`simulator.wire`, what each DI returns in :mod:`simulator.answers`; this module
 owns the state and how it evolves.
 """
@@ -26,8 +27,16 @@ from drivers.clock import Clock
 from protocols.bcd import Address
 from protocols.dlt645.formats import StatusBits
 from protocols.dlt645.frame import Frame, decode_frame, encode_frame
-from protocols.dlt645.messages import ErrorWord, RelayCommand, RelayControl
-from protocols.dlt645.registry import STATUS_WORDS
+from protocols.dlt645.messages import (
+    Acknowledge,
+    ErrorWord,
+    Function,
+    RelayCommand,
+    RelayControl,
+    WriteRequest,
+    decode_message,
+)
+from protocols.dlt645.registry import STATUS_WORDS, Edition, lookup
 from protocols.errors import ProtocolError
 
 from . import wire
@@ -42,6 +51,7 @@ from .faults import (
     LossOfVoltage,
     PowerDown,
     RegisterBackwards,
+    RelayStuck,
     ReverseEnergy,
     StoppedMeter,
 )
@@ -58,6 +68,10 @@ from .registers import (
     local_minute,
 )
 from .timebase import DAY_US, MINUTE_US, MeterClock, seconds_to_us, to_us
+
+#: the parameters a 0x14 write may set: date and weekday (YYMMDDWW), time (hhmmss)
+_DATE_DI: Final = 0x04000101
+_TIME_DI: Final = 0x04000102
 
 POWER_DOWN_RECORDS: Final = 10
 _CENT: Final = Decimal("0.01")
@@ -507,7 +521,57 @@ class VirtualMeter:
         self._catch_up()
         if not self._powered:
             return None
+        if (
+            frame.control.function == Function.WRITE
+            and self.edition is Edition.V2007
+            and not frame.address.is_broadcast
+        ):
+            return self._write_frame(frame)
         return wire.handle_frame(self, frame)
+
+    def _write_frame(self, frame: Frame) -> Frame:
+        try:
+            message = decode_message(frame)
+        except ProtocolError:
+            return wire.error(self, Function.WRITE, ErrorWord.OTHER)
+        if not isinstance(message, WriteRequest):
+            return wire.error(self, Function.WRITE, ErrorWord.OTHER)
+        refused = self.write(message)
+        if refused is not None:
+            return wire.error(self, Function.WRITE, refused)
+        return Acknowledge(self.address, Function.WRITE).to_frame()
+
+    def write(self, request: WriteRequest) -> ErrorWord | None:
+        """Carry out a 0x14 write; the meter models date (04000101) and time (04000102).
+
+        The password level and password must be the meter's (else ``ERR 04``, password /
+        unauthorised); another DI, or a value that is not a valid date or time, is ``ERR 01``.
+        """
+        self._catch_up()
+        cfg = self.config
+        if request.password_level != cfg.password_level or request.password != cfg.password:
+            return ErrorWord.PASSWORD
+        if request.di not in (_DATE_DI, _TIME_DI):
+            return ErrorWord.OTHER
+        item = lookup(Edition.V2007, request.di)
+        if item is None:  # pragma: no cover - both are in the registry
+            return ErrorWord.OTHER
+        try:
+            values = {v.name: v.value for v in item.decode(request.value).values}
+        except ProtocolError:
+            return ErrorWord.OTHER
+        now = self.now_local()
+        if request.di == _DATE_DI:
+            day = values.get("date")
+            if not isinstance(day, dt.date):
+                return ErrorWord.OTHER
+            self.set_clock(dt.datetime.combine(day, now.time()))
+        else:
+            moment = values.get("time")
+            if not isinstance(moment, dt.time):
+                return ErrorWord.OTHER
+            self.set_clock(dt.datetime.combine(now.date(), moment))
+        return None
 
     def handle_bytes(self, raw: bytes) -> bytes | None:
         """Convenience: a request frame's wire bytes -> the reply's wire bytes, or ``None``."""
@@ -534,6 +598,10 @@ class VirtualMeter:
         deadline: object = command.valid_until  # ABSENT when the deadline bytes are all 00/FF
         if not isinstance(deadline, dt.datetime) or deadline < now_local:
             return ErrorWord.OTHER  # expired; the 2007 error word has no bit of its own for it
+        if any(isinstance(a, RelayStuck) for a in self._active):
+            # Acknowledged, but nothing moves: only a read-back of status word 3 can tell.
+            self.last_relay_command = RelayEvent(command.command, now_local)
+            return None
         match command.command:
             case RelayCommand.TRIP:
                 if self._keep_power:
@@ -557,6 +625,19 @@ class VirtualMeter:
                 self._keep_power = False
         self.last_relay_command = RelayEvent(command.command, now_local)
         return None
+
+    def add_anomaly(self, anomaly: Anomaly) -> None:
+        """Schedule one more anomaly (tests, the demo); a window already begun starts now."""
+        self._catch_up()
+        n = len(self._events)
+        start = max(anomaly.window.start_us, self._t)
+        new = [(start, 1, n, anomaly)]
+        if anomaly.window.end_us is not None:
+            new.append((max(anomaly.window.end_us, start), 0, n, anomaly))
+        pending = self._events[self._event_i :] + new
+        pending.sort(key=lambda e: (e[0], e[1], e[2]))
+        self._events = self._events[: self._event_i] + pending
+        self._catch_up()
 
     def _set_relay(self, open_: bool) -> None:
         if open_ == self._relay_open:

@@ -13,6 +13,7 @@ from spool.checks_store import (
     PostedEntry,
     ScanRow,
 )
+from spool.commands_store import ArchiveChange, AuditEntry, AuditRecord, CommandsStore
 from spool.errors import (
     SpoolClosedError,
     SpoolCorruptError,
@@ -48,6 +49,9 @@ __all__ = [
     "Alarm",
     "AlarmClear",
     "AlarmState",
+    "ArchiveChange",
+    "AuditEntry",
+    "AuditRecord",
     "BalanceEntry",
     "BalanceKind",
     "Batch",
@@ -55,6 +59,7 @@ __all__ = [
     "CapsStatistics",
     "ChecksStore",
     "Clock",
+    "CommandsStore",
     "Event",
     "EvictionClass",
     "EvictionReport",

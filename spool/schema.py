@@ -6,7 +6,9 @@ the middle of a migration leaves the previous version intact and the next open r
 To extend the schema, append a :class:`Migration`; never edit or reorder one that has shipped.
 Migration 2 adds alarms, the ledger change log and the uplink outbox (see :mod:`spool.outbox`);
 migration 3 the edge checks' alarm state, prepaid balance ledger and line loss
-(see :mod:`spool.checks_store`).
+(see :mod:`spool.checks_store`); the head-end commands' tables (audit log, replay cache, archive
+overlay, commanded relay state: :mod:`spool.commands_store`) come in a migration of their own,
+written with ``IF NOT EXISTS`` so it does not depend on its neighbours.
 
 Tables are ``STRICT`` (SQLite >= 3.37), so a Decimal written as TEXT can never be silently
 coerced to REAL. ``kind`` and ``quality`` carry no CHECK list on purpose: their StrEnums validate
@@ -251,6 +253,56 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             CREATE TABLE checks_state (
                 name  TEXT PRIMARY KEY,
                 value TEXT NOT NULL
+            ) STRICT, WITHOUT ROWID
+            """,
+        ),
+    ),
+    Migration(
+        "head-end commands: audit log, replay cache, archive overlay, commanded relay state",
+        (
+            # Every command received, accepted or not, in arrival order (see spool.commands_store).
+            """
+            CREATE TABLE IF NOT EXISTS command_audit (
+                id       INTEGER PRIMARY KEY AUTOINCREMENT,
+                command  TEXT    NOT NULL,
+                type     TEXT    NOT NULL,
+                key_id   TEXT    NOT NULL,
+                status   TEXT    NOT NULL CHECK (status <> ''),
+                reason   TEXT,
+                at_us    INTEGER NOT NULL,
+                at       TEXT    NOT NULL,
+                details  TEXT    NOT NULL
+            ) STRICT
+            """,
+            "CREATE INDEX IF NOT EXISTS command_audit_by_command ON command_audit (command)",
+            "CREATE INDEX IF NOT EXISTS command_audit_by_time ON command_audit (at_us)",
+            # Ids of accepted commands, kept until keep_until_us (clock window + max lifetime).
+            """
+            CREATE TABLE IF NOT EXISTS command_replay (
+                command       TEXT    PRIMARY KEY,
+                key_id        TEXT    NOT NULL,
+                seen_us       INTEGER NOT NULL,
+                keep_until_us INTEGER NOT NULL
+            ) STRICT, WITHOUT ROWID
+            """,
+            "CREATE INDEX IF NOT EXISTS command_replay_by_expiry ON command_replay (keep_until_us)",
+            # Meters added, changed or removed by archive commands, over the TOML archive.
+            f"""
+            CREATE TABLE IF NOT EXISTS command_archive (
+                meter    TEXT    PRIMARY KEY CHECK ({_METER_CHECK}),
+                action   TEXT    NOT NULL CHECK (action IN ('set', 'remove')),
+                config   TEXT    NOT NULL,
+                command  TEXT    NOT NULL,
+                changed  TEXT    NOT NULL
+            ) STRICT, WITHOUT ROWID
+            """,
+            # The relay state last commanded and confirmed per meter (the relay check reads it).
+            f"""
+            CREATE TABLE IF NOT EXISTS command_relay (
+                meter     TEXT    PRIMARY KEY CHECK ({_METER_CHECK}),
+                open      INTEGER NOT NULL CHECK (open IN (0, 1)),
+                command   TEXT    NOT NULL,
+                changed   TEXT    NOT NULL
             ) STRICT, WITHOUT ROWID
             """,
         ),

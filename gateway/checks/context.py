@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
@@ -25,6 +25,10 @@ class Context:
     since: Mapping[str, dt.datetime]
     #: the earliest data time the daily frozen history in memory covers
     frozen_from: dt.datetime
+    #: relay state a head-end command last set and confirmed per meter, and since when
+    relay_commanded: Mapping[str, tuple[bool, dt.datetime]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def local(self, instant: dt.datetime) -> dt.datetime:
         return instant.astimezone(self.zone)

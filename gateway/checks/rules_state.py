@@ -168,10 +168,14 @@ def power_down(h: MeterHistory, meter: MeterConfig, ctx: Context) -> list[Findin
 
 
 def relay(h: MeterHistory, meter: MeterConfig, ctx: Context) -> list[Finding]:
-    """Relay open or closed against the trip commanded bit of status word 3."""
+    """Relay open or closed against what was commanded: the state a head-end command set and
+    confirmed (from then on), else the trip commanded bit of status word 3."""
     judged: Judged = []
+    ours = ctx.relay_commanded.get(meter.address)
     for s in h.of(ReadingKind.STATUS):
         is_open, commanded = s.flag("relay_open"), s.flag("relay_trip_commanded")
+        if ours is not None and s.time >= ours[1]:
+            commanded = ours[0]
         if is_open is None or commanded is None:
             continue
         evidence = partial(point, s, "relay_open", "relay_trip_commanded")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import ipaddress
 import itertools
 import re
 from decimal import Decimal
@@ -153,6 +154,9 @@ class MeterConfig(Strict):
     tariff: str | None = None
     account: str | None = None
     prepaid: Literal["none", "remote", "local"] = "none"
+    # How a head-end time_sync naming this meter sets its clock: the bus broadcast (0x08), or a
+    # DL/T 645-2007 write (0x14) of date and time with [commands] password, read back after.
+    time_set: Literal["broadcast", "write"] = "broadcast"
 
     @field_validator("address")
     @classmethod
@@ -199,6 +203,37 @@ class TimeSyncConfig(Strict):
     threshold_s: Annotated[int, Field(ge=1, le=3600)] = 60
     max_correction_s: Annotated[int, Field(ge=1, le=300)] = 300
     quiet_minutes_around_midnight: Annotated[int, Field(ge=0, le=60)] = 5
+
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+_LOGGER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+class LoggingConfig(Strict):
+    """Log level for everything, and per logger name (``"amigw.uplink" = "debug"``).
+
+    ``format``: ``auto`` writes JSON lines for journald unless the output is a terminal.
+    """
+
+    level: LogLevel = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    levels: dict[str, LogLevel] = {}
+
+    _level = field_validator("level", "format", mode="before")(lambda cls, v: _lower(v))
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _levels(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        for name in value:
+            if not isinstance(name, str) or not _LOGGER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a logger name (like 'amigw.uplink')")
+        return {name: _lower(level) for name, level in value.items()}
 
 
 class UplinkTlsConfig(Strict):
@@ -278,6 +313,32 @@ class UplinkConfig(Strict):
         if self.port is not None:
             return self.port
         return 8883 if self.tls is not None else 1883
+
+
+class MetricsConfig(Strict):
+    """The Prometheus endpoint (docs/metrics.md), on its own HTTP thread."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 9108
+    # One series per meter multiplies the series count by the district size: opt in.
+    per_meter: bool = False
+    # Spool-derived figures are counted from the database at this cadence, not per scrape.
+    refresh_interval_s: Annotated[float, Field(ge=1, le=300)] = 10.0
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value == "localhost":
+            return value
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                f"listen must be an IP address (127.0.0.1, 0.0.0.0, ::1) or localhost, "
+                f"got {value!r}"
+            ) from None
+        return value
 
 
 # --- edge checks, tariffs and prepaid accounts (docs/checks.md) ---------------------------------
@@ -579,19 +640,85 @@ class AccountConfig(Strict):
         return self
 
 
+class CommandsConfig(Strict):
+    """Signed head-end commands (docs/commands.md): keys, limits, relay settings, protection."""
+
+    enabled: bool = False
+    # TOML file of key id -> secret and options; must be readable by the service user only.
+    key_file: Path = Path("/etc/amigw/command-keys.toml")
+    clock_window_s: Annotated[int, Field(ge=5, le=3600)] = 300
+    # expires - issued may not exceed this (the replay cache keeps ids window + lifetime)
+    max_lifetime_s: Annotated[int, Field(ge=10, le=86_400)] = 3600
+    max_payload_bytes: Annotated[int, Field(ge=512, le=262_144)] = 16_384
+    queue_size: Annotated[int, Field(ge=1, le=10_000)] = 64
+    # token bucket per command type: commands per minute, and how many may come at once
+    rate_per_min: Annotated[float, Field(gt=0)] = 30.0
+    rate_burst: Annotated[int, Field(ge=1, le=1000)] = 10
+    rates: dict[str, Annotated[float, Field(gt=0)]] = {}
+    results_held: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    # relay control (0x1C)
+    arm_timeout_s: Annotated[int, Field(ge=5, le=3600)] = 120
+    password_level: Annotated[int, Field(ge=0, le=0xFF)] = 0x02
+    password: SecretStr = SecretStr("000000")
+    operator: str = "00000000"
+    validity_min: Annotated[int, Field(ge=1, le=1440)] = 10
+    confirm_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    confirm_interval_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    confirm_retries: Annotated[int, Field(ge=0, le=5)] = 1
+    # a trip is refused while the head-end has been unreachable longer than this
+    # (default: checks.cutoff.headend_unreachable_s)
+    auto_protect_s: Annotated[int, Field(ge=60)] | None = None
+    # trips are refused in checks.cutoff's night window and holidays
+    protect_night: bool = True
+    protect_holidays: bool = True
+    close_allowed_on_topup: bool = True
+    audit_days: Annotated[int, Field(ge=1, le=3660)] = 400
+    # a resend matching more records than this is refused whole (the head-end splits the range)
+    resend_max_records: Annotated[int, Field(ge=1, le=1_000_000)] = 50_000
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        if not re.fullmatch(r"[0-9]{6}", value.get_secret_value()):
+            raise ValueError("the meter password must be 6 digits")
+        return value
+
+    @field_validator("operator")
+    @classmethod
+    def _operator(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9]{8}", value):
+            raise ValueError(f"operator code must be 8 digits, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _key_file(self) -> CommandsConfig:
+        # A missing, unsafe or invalid key file stops the start like any config error (78).
+        if self.enabled:
+            from gateway.commands.keys import KeyFileError, load_keys  # noqa: PLC0415 - cycle
+
+            try:
+                load_keys(self.key_file)
+            except KeyFileError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+
 class Config(Strict):
     gateway: GatewayConfig
     clock: ClockConfig = ClockConfig()
     spool: SpoolConfig = SpoolConfig()
     collection: CollectionConfig = CollectionConfig()
     time_sync: TimeSyncConfig = TimeSyncConfig()
+    logging: LoggingConfig = LoggingConfig()
     bus: list[BusConfig] = []
     plc: PlcConfig | None = None
     meter: list[MeterConfig] = []
     uplink: UplinkConfig | None = None
+    metrics: MetricsConfig = MetricsConfig()
     checks: ChecksConfig = ChecksConfig()
     tariff: list[TariffConfig] = []
     account: list[AccountConfig] = []
+    commands: CommandsConfig = CommandsConfig()
 
     @model_validator(mode="after")
     def _tariff_and_account_references(self) -> Config:

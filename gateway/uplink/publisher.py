@@ -4,7 +4,8 @@ One connection at a time (:class:`~.session.Session`), re-established with :clas
 On each connection:
 
 1. birth — the retained ``status`` ``online`` (the will, fixed at connect, is ``offline``);
-2. ``ack = "headend"``: subscribe to ``ack``;
+2. ``ack = "headend"``: subscribe to ``ack``; with head-end commands, to ``cmd`` (handed to
+   :mod:`gateway.commands`), publishing their results on ``cmd/result`` (held while offline);
 3. resend every open batch of the outbox, oldest ``seq`` first, with its old number;
 4. drain — cut new batches as records arrive (a full batch at once, a short one when its oldest
    record has waited ``batch_max_age_s``), keep up to ``window`` in flight, paced by a token
@@ -28,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Final
@@ -54,6 +57,7 @@ log = logging.getLogger("amigw.uplink")
 _STOP_GRACE_S: Final = 10.0
 #: acknowledgements wait this long for a cut to commit them along, then commit on their own
 ACK_DELAY_S: Final = 0.05
+_SENT: Final = memoryview(b"")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -104,6 +108,7 @@ class Uplink:
         names: Callable[[str], str | None] = di_name,
         on_acknowledged: Callable[[Sequence[int]], None] | None = None,
         version: str = __version__,
+        on_published: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.gateway = gateway
@@ -121,18 +126,37 @@ class Uplink:
         self._stop = asyncio.Event()
         self._closing = asyncio.Event()
         self._acks = AckBook(on_acknowledged)
+        #: told each PUBACK's latency in seconds (metrics' histogram)
+        self._on_published = on_published
         self._window: Window | None = None
         self._since: datetime | None = None
         self._counts = dict.fromkeys(
             ("connects", "connect_failures", "published", "resent", "headend_acks", "bad_acks"), 0
         )
         self._last_error: str | None = None
+        # Head-end commands (gateway.commands): who takes ``cmd`` payloads, and the results
+        # waiting for ``cmd/result`` (bounded: the oldest go first while the link stays down).
+        self._on_command: Callable[[bytes], object] | None = None
+        self._results: deque[bytes] = deque(maxlen=1000)
+        self._results_ready = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish: in-flight PUBACKs, ``offline`` status, ack commits."""
         self._stop.set()
+
+    def attach_commands(self, handler: Callable[[bytes], object], held: int = 1000) -> None:
+        """Subscribe to ``cmd`` on every connection and hand each payload to ``handler``
+        (which must not block); keep up to ``held`` results for :meth:`post_result`."""
+        self._on_command = handler
+        self._results = deque(self._results, maxlen=held)
+
+    def post_result(self, payload: bytes) -> None:
+        """Queue a ``cmd/result`` payload: sent at once when connected, else after reconnecting
+        (the oldest are dropped beyond the bound)."""
+        self._results.append(payload)
+        self._results_ready.set()
 
     @property
     def stopping(self) -> bool:
@@ -157,6 +181,7 @@ class Uplink:
         )
 
     async def run(self) -> None:
+        _warn_if_plain(self.config)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._flush_acks(), name="uplink-acks")
@@ -226,6 +251,10 @@ class Uplink:
         headend = self.config.ack == "headend"
         if headend:
             await session.subscribe(self.topics.ack)
+        # Only this gateway's own topics: never a wildcard that could take another's commands.
+        commands = self._on_command is not None
+        if commands:
+            await session.subscribe(self.topics.cmd)
         backoff.reset()
         if self._last_error is not None:
             log.info("uplink back after: %s", self._last_error)
@@ -233,8 +262,11 @@ class Uplink:
         window = self._window = Window(self.config.window)
         async with asyncio.TaskGroup() as tasks:
             side = [tasks.create_task(self._status_loop(session), name="uplink-status")]
-            if headend:
+            if headend or commands:
                 side.append(tasks.create_task(self._receive(session, window), name="uplink-ack"))
+            if commands:
+                side.append(tasks.create_task(self._results_loop(session), name="uplink-results"))
+            if headend:
                 side.append(
                     tasks.create_task(
                         self._resend_unanswered(session, window, tasks), name="uplink-resend"
@@ -265,9 +297,15 @@ class Uplink:
             stop=self._stop,
         )
         await feed.start(tasks)
-        while (item := await feed.get()) is not None:
-            batch, resend = item
-            await self._send(session, window, tasks, batch, resend=resend)
+        # A sender waiting for a free slot wakes when stopping (one watcher, not one per wait).
+        watch = asyncio.ensure_future(self._stop.wait())
+        watch.add_done_callback(lambda _: window.wake())
+        try:
+            while (item := await feed.get()) is not None:
+                batch, resend = item
+                await self._send(session, window, tasks, batch, resend=resend)
+        finally:
+            watch.cancel()
         # Stopping: let the broker acknowledge what it already has (bounded), then leave the
         # rest open for the next start.
         try:
@@ -291,12 +329,16 @@ class Uplink:
         if batch.count == 0:  # every record of it was evicted: nothing left to deliver
             self._acknowledged(window, batch.seq, 0)
             return
-        await self._pacer.take(batch.count)
+        if self._pacer.rate:
+            await self._pacer.take(batch.count)
         if window.free <= 0:
-            await first_of(window.wait_free(), self._stop.wait())
+            await window.wait_free()
         if self.stopping:
             return
-        entry = InFlight(batch, self._encoder.encode(batch), self.timer.monotonic())
+        payload = self._encoder.encode(batch)
+        # The entry keeps the payload, not the records: they are a view into the whole group
+        # rendered with them, which can go once every batch of it is encoded.
+        entry = InFlight(Batch(batch.ref, batch.count, _SENT), payload, self.timer.monotonic())
         window.add(entry)
         entry.task = tasks.create_task(self._publish(session, window, entry))
         if resend:
@@ -305,6 +347,8 @@ class Uplink:
     async def _publish(self, session: Session, window: Window, entry: InFlight) -> None:
         await session.publish(self.topics.stream(entry.batch.stream), entry.payload, qos=1)
         self._counts["published"] += 1
+        if self._on_published is not None:
+            self._on_published(self.timer.monotonic() - entry.sent_at)
         window.published(entry)
         if self.config.ack == "broker":
             self._acknowledged(window, entry.batch.seq, entry.batch.count)
@@ -312,11 +356,16 @@ class Uplink:
     def _acknowledged(self, window: Window, seq: int, records: int) -> None:
         window.release(seq)
         self._acks.add(seq, records)
+        if not window.inflight and not self._acks.cutting:
+            self._acks.due.set()
 
     # -- head-end acknowledgement --------------------------------------------------------------
 
     async def _receive(self, session: Session, window: Window) -> None:
         async for topic, payload in session.messages():
+            if topic == self.topics.cmd and self._on_command is not None:
+                self._on_command(payload)
+                continue
             if topic != self.topics.ack:
                 continue
             try:
@@ -332,6 +381,15 @@ class Uplink:
                 entry = window.inflight.get(seq)
                 # An ack for a batch of an earlier connection or run still confirms it.
                 self._acknowledged(window, seq, 0 if entry is None else entry.batch.count)
+
+    async def _results_loop(self, session: Session) -> None:
+        """Publish command results in order; one leaves the queue only after its PUBACK."""
+        while True:
+            while self._results:
+                await session.publish(self.topics.cmd_result, self._results[0], qos=1)
+                self._results.popleft()
+            self._results_ready.clear()
+            await self._results_ready.wait()
 
     async def _resend_unanswered(
         self, session: Session, window: Window, tasks: asyncio.TaskGroup
@@ -361,7 +419,12 @@ class Uplink:
                     return
                 await first_of(acks.arrived.wait(), self._closing.wait())
                 continue
-            await first_of(self.timer.sleep(ACK_DELAY_S), self._closing.wait())
+            commits = acks.commits
+            if not acks.due.is_set():
+                await first_of(self.timer.sleep(ACK_DELAY_S), self._closing.wait(), acks.due.wait())
+            if acks.commits != commits and not (acks.due.is_set() or self._closing.is_set()):
+                continue  # a cut committed some meanwhile and more cuts are coming: wait for them
+            acks.due.clear()
             batch = acks.snapshot()
             if not batch:
                 continue
@@ -398,6 +461,22 @@ class Uplink:
         while True:
             await self.timer.sleep(self.config.status_interval_s)
             await session.publish(self.topics.status, await self._online(), retain=True)
+
+
+def _warn_if_plain(config: UplinkConfig) -> None:
+    """Commands and readings in clear text are fine on loopback, not across a network."""
+    if config.tls is not None:
+        return
+    try:
+        loopback = ipaddress.ip_address(config.host).is_loopback
+    except ValueError:
+        loopback = config.host == "localhost"
+    if not loopback:
+        log.warning(
+            "uplink: MQTT to %s without TLS: commands and data travel in clear text"
+            " (configure [uplink.tls])",
+            config.host,
+        )
 
 
 def _first(group: BaseExceptionGroup[UplinkError]) -> UplinkError:
