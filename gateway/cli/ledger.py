@@ -27,7 +27,7 @@ from drivers.clock import SystemClock
 from protocols.render import dumps
 from spool.records import LedgerEntry, LedgerState
 
-from .spool_cmd import Located, add_spool_arguments, guarded, locate, opened
+from .spool_cmd import Located, add_spool_arguments, guarded, iso_date, locate, opened
 
 EX_USAGE = 64
 _RATE_PLACES: Final = Decimal("0.0001")
@@ -95,18 +95,11 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_spool_arguments(p)
-    p.add_argument("--date", type=_date, metavar="YYYY-MM-DD", help="default: today")
+    p.add_argument("--date", type=iso_date, metavar="YYYY-MM-DD", help="default: today")
     p.add_argument("--timezone", help="the zone 'today' is taken in, with --spool")
     p.add_argument("--failed", action="store_true", help="list only meters with open items")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(handler=run)
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _today(located: Located, timezone: str | None) -> date:

@@ -164,8 +164,8 @@ def register(sub: Any) -> None:
     )
     add_spool_arguments(export)
     export.add_argument("--meter", nargs="+", default=[], metavar="ADDR", help="default: all")
-    export.add_argument("--from", dest="first", type=_date, metavar="YYYY-MM-DD")
-    export.add_argument("--to", dest="last", type=_date, metavar="YYYY-MM-DD")
+    export.add_argument("--from", dest="first", type=iso_date, metavar="YYYY-MM-DD")
+    export.add_argument("--to", dest="last", type=iso_date, metavar="YYYY-MM-DD")
     export.add_argument("--format", choices=["csv", "json"], default="csv")
     export.add_argument("--output", metavar="FILE", help="default: standard output")
     export.set_defaults(handler=run_export)
@@ -182,7 +182,8 @@ def register(sub: Any) -> None:
     pending.set_defaults(handler=run_pending)
 
 
-def _date(text: str) -> date:
+def iso_date(text: str) -> date:
+    """An argparse type for ``YYYY-MM-DD``."""
     try:
         return date.fromisoformat(text)
     except ValueError:
