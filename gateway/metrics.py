@@ -407,6 +407,8 @@ _UPLINK_COUNTERS: Final = (
     ("records_acked", "records_acked", "Records in acknowledged batches."),
     ("headend_acks", "headend_acks", "Acknowledgements received from the head-end."),
     ("bad_acks", "bad_acks", "Head-end acknowledgements that did not parse."),
+    ("batches_prepared", "batches_prepared", "Batches written ahead while the broker was away."),
+    ("prepare_failures", "prepare_failures", "Preparing batches failed (disk full, say)."),
 )
 
 
@@ -586,6 +588,18 @@ class _Exporter:
             "Batches cut and not yet acknowledged.",
             [],
             [((), out.open_batches)],
+        )
+        yield _gauge(
+            "amigw_spool_prepared_batches",
+            "Open batches whose JSON was written ahead while the broker was away.",
+            [],
+            [((), out.prepared_batches)],
+        )
+        yield _gauge(
+            "amigw_spool_prepared_bytes",
+            "Bytes of prepared batches beside the spool (counted by the cap).",
+            [],
+            [((), out.prepared_bytes)],
         )
         yield _counter(
             "amigw_spool_evicted_records",

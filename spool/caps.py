@@ -4,8 +4,13 @@ Size is what the database *uses*: ``(page_count - freelist_count) x page_size``.
 freed pages but never shrinks the file, so the file settles near the cap and stays there;
 measuring used pages is what makes eviction visible at all.
 
+Prepared batches (:mod:`spool.prepared`: the JSON of batches cut while the broker was away,
+kept beside the file) count towards the size, and go before anything else: they are a cache of
+what the records render to, so dropping them loses nothing.
+
 When a committed write leaves the spool above ``max_bytes`` it is brought down to
-``LOW_WATER x max_bytes``, lowest value first and oldest first within each step:
+``LOW_WATER x max_bytes``, prepared batches first, then records lowest value first and oldest
+first within each step:
 
 1. ``sent`` — records whose batch was acknowledged (snapshots, then events, then alarms, then
    frozen and billing readings). The head-end has them; they are only the local history.
@@ -36,6 +41,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 from spool.errors import SpoolFullError, SpoolUnavailableError
+from spool.prepared import TOTALS
 from spool.records import Alarm, ReadingKind, Severity
 
 if TYPE_CHECKING:
@@ -105,10 +111,12 @@ _SENT_BOUND: Final = (
     "SELECT coalesce((SELECT min(first_id) - 1 FROM outbox_batches WHERE stream = ?), "
     "(SELECT taken FROM outbox_cursor WHERE stream = ?))"
 )
-_USED: Final = (
-    "SELECT (SELECT page_count FROM pragma_page_count()) "
-    "- (SELECT freelist_count FROM pragma_freelist_count()), "
-    "(SELECT page_size FROM pragma_page_size())"
+#: bytes the spool uses: its pages in use, and the JSON of prepared batches (spool.prepared)
+USED_BYTES: Final = (
+    "SELECT ((SELECT page_count FROM pragma_page_count()) "
+    "- (SELECT freelist_count FROM pragma_freelist_count())) "
+    "* (SELECT page_size FROM pragma_page_size()) "
+    "+ (SELECT coalesce(sum(size), 0) FROM outbox_prepared)"
 )
 _ROWS: Final = (
     "SELECT (SELECT count(*) FROM readings) + (SELECT count(*) FROM events) "
@@ -130,6 +138,8 @@ class EvictionReport:
     used_before: int
     used_after: int
     max_bytes: int | None
+    #: prepared batches whose JSON was dropped first (spool.prepared; no record lost)
+    prepared_dropped: int = 0
 
     @property
     def total(self) -> int:
@@ -165,9 +175,8 @@ class Caps:
         self.last_report: EvictionReport | None = None
 
     async def used_bytes(self) -> int:
-        rows = await self._spool._fetch(_USED)
-        pages, page_size = rows[0]
-        return int(pages) * int(page_size)
+        rows = await self._spool._fetch(USED_BYTES)
+        return int(rows[0][0])
 
     async def evicted(self) -> dict[EvictionClass, int]:
         """Records evicted so far, per class, over the spool's whole life."""
@@ -228,7 +237,7 @@ class Caps:
             self.full_errors += 1
             log.error("spool full and eviction could not run: %s", again)
             return False
-        return report.total > 0
+        return report.total > 0 or report.prepared_dropped > 0
 
     # -- the eviction loop -----------------------------------------------------------------
 
@@ -236,6 +245,7 @@ class Caps:
         self._busy = True
         try:
             before = used
+            dropped, used = await self._drop_prepared(used)
             evicted = dict.fromkeys(EvictionClass, 0)
             per_row = await self._bytes_per_row(used)
             rounds = 0
@@ -250,13 +260,39 @@ class Caps:
                     used = await self.used_bytes()
                 if used <= target:
                     break
-            report = EvictionReport(reason, MappingProxyType(evicted), before, used, self.max_bytes)
+            report = EvictionReport(
+                reason, MappingProxyType(evicted), before, used, self.max_bytes, dropped
+            )
             self.eviction_runs += 1
             self.last_report = report
             await self._report(report)
             return report
         finally:
             self._busy = False
+
+    async def _drop_prepared(self, used: int) -> tuple[int, int]:
+        """Before any record goes: drop every prepared batch's JSON (a cache of what the
+        records render to; those batches are rendered again when sent). Return how many were
+        dropped and the used bytes after it."""
+        async with self._spool._transaction() as conn:
+            cursor = await conn.execute(TOTALS)
+            row = await cursor.fetchone()
+            count, size = (0, 0) if row is None else (int(row[0]), int(row[1]))
+            if count:
+                await conn.execute("DELETE FROM outbox_prepared")
+                await conn.execute(_COUNT, ("prepared.dropped", count))
+        if not count:
+            return 0, used
+        log.info(
+            "spool at its cap: dropped %d prepared batch(es) (%s bytes); they are rendered again"
+            " when sent", count, f"{size:,}",
+        )  # fmt: skip
+        for sweep in list(self._spool._sweepers):
+            try:
+                await sweep()
+            except SpoolUnavailableError as exc:
+                log.warning("prepared segment files not removed yet: %s", exc)
+        return count, await self.used_bytes()
 
     async def _bytes_per_row(self, used: int) -> float:
         rows = int((await self._spool._fetch(_ROWS))[0][0])
@@ -303,7 +339,7 @@ class Caps:
                     "over its cap" if report.reason == "cap" else "full",
                     n, klass.value, f"{report.used_before:,}", f"{report.used_after:,}", cap,
                 )  # fmt: skip
-        if report.total == 0:
+        if report.total == 0 and not report.prepared_dropped:
             log.error(
                 "spool %s but nothing is left to evict (used %s bytes, cap %s)",
                 "over its cap" if report.reason == "cap" else "full",

@@ -45,6 +45,8 @@ from types import MappingProxyType
 from typing import Any, Final, Self, TypeVar
 
 from spool import codec
+from spool.caps import LOW_WATER, USED_BYTES
+from spool.prepared import TOTALS, Prepared
 from spool.render import Renderer
 from spool.store import DEFAULT_BUSY_TIMEOUT, Spool
 from spool.streams import STREAM_ORDER, TABLES, Batch, BatchRef, Stream
@@ -57,6 +59,7 @@ __all__ = [
     "BatchRef",
     "Outbox",
     "OutboxStatistics",
+    "Prepare",
     "Requeued",
     "Stream",
     "Take",
@@ -200,6 +203,18 @@ class Take:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepare:
+    """What :meth:`Outbox.prepare` did: batches cut and written ahead, their records and JSON
+    bytes, and ``held`` when it stopped short to leave room (``"cap"``: the spool's size cap;
+    ``"disk"``: the file system's reserve)."""
+
+    batches: int
+    records: int
+    bytes: int
+    held: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStatistics:
     """A snapshot for the status message and metrics.
 
@@ -211,6 +226,9 @@ class OutboxStatistics:
     open_batches: int
     oldest_unsent: datetime | None
     last_seq: int
+    #: open batches whose JSON was written ahead (spool.prepared), and its bytes
+    prepared_batches: int = 0
+    prepared_bytes: int = 0
 
     @property
     def depth(self) -> int:
@@ -242,6 +260,9 @@ class Outbox:
         self._worker = Worker(
             spool.path, busy_timeout=DEFAULT_BUSY_TIMEOUT, name="amigw-outbox", setup=_SETUP
         )
+        self._prepared = Prepared(spool.path)
+        # Batches this outbox prepared and has not handed out: their first send is no resend.
+        self._fresh: set[int] = set()
 
     async def __aenter__(self) -> Self:
         return self
@@ -252,6 +273,7 @@ class Outbox:
     async def close(self) -> None:
         """Stop the worker thread and close its connection (the spool's close does it too)."""
         await self._worker.close()
+        self._prepared.close()
 
     async def _call(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``job`` on the worker (started on first use)."""
@@ -259,7 +281,14 @@ class Outbox:
             self._spool._require()  # a closed spool is an error here too, not a fresh file
             if self.close not in self._spool._dependents:
                 self._spool._dependents.append(self.close)
+            if self.sweep not in self._spool._sweepers:
+                self._spool._sweepers.append(self.sweep)
         return await self._worker.call(job)
+
+    async def sweep(self) -> int:
+        """Delete the prepared segment files no open batch needs any more (see
+        :meth:`spool.prepared.Prepared.sweep`); return how many went."""
+        return await self._call(self._prepared.sweep)
 
     # -- cutting batches -------------------------------------------------------------------
 
@@ -307,9 +336,16 @@ class Outbox:
                 renderer=renderer,
                 dense=dense,
             )
+            if take.acknowledged:
+                self._prepared.sweep(conn)
             return self._with_requeued(conn, take, max_batches, renderer)
 
-        return await self._call(job)
+        take = await self._call(job)
+        if self._fresh:
+            # Prepared batches cut into this take (made while a connection came up) are handed
+            # out now, as first sends.
+            self._fresh.difference_update(ref.seq for ref in take.cut)
+        return take
 
     def _with_requeued(
         self, conn: sqlite3.Connection, take: Take, limit: int, renderer: Renderer | None
@@ -333,7 +369,7 @@ class Outbox:
         rendered = take.rendered
         if renderer is not None and len(rendered) == len(take.cut):
             try:
-                rendered = (*rendered, *renderer.render(conn, extra))
+                rendered = (*rendered, *self._render(conn, extra))
             except sqlite3.Error:
                 rendered = ()
         else:
@@ -407,8 +443,70 @@ class Outbox:
         if not refs:
             return []
         wanted = list(refs)
+        return await self._call(lambda conn: self._render(conn, wanted))
+
+    def first_send(self, seq: int) -> bool:
+        """Whether batch ``seq`` was prepared by this outbox and not handed out before (then
+        sending it is its first send, not a resend); asking hands it out."""
+        if seq in self._fresh:
+            self._fresh.discard(seq)
+            return True
+        return False
+
+    def _render(self, conn: sqlite3.Connection, refs: Sequence[BatchRef]) -> list[Batch]:
+        """Prepared batches read back, the others rendered from their records (worker)."""
+        ready = self._prepared.load(conn, refs)
+        rest = [r for r in refs if r.seq not in ready]
+        done = {b.seq: b for b in self._renderer.render(conn, rest)} if rest else {}
+        return [Batch(r, *ready[r.seq]) if r.seq in ready else done[r.seq] for r in refs]
+
+    # -- preparing while the broker is away -------------------------------------------------
+
+    async def prepare(self, *, max_batches: int, max_records: int, now: datetime) -> Prepare:
+        """Cut up to ``max_batches`` *full* batches of ``max_records``, render them and write
+        their JSON ahead (:mod:`spool.prepared`), all in one transaction: what the uplink does
+        while the broker is away, so that the backlog is sent without rendering it then.
+
+        Stops short (``Prepare.held``) while the spool is near its cap, counting prepared bytes,
+        or the file system near its reserve: the records wait unprepared, as they would anyway.
+        """
+        if max_batches <= 0 or max_records <= 0:
+            raise ValueError("max_batches and max_records must be positive")
+        created = codec.epoch_micros(codec.require_aware("now", now))
+        # What a full prepare may add: ~0.5 kB a reading is a generous estimate.
+        estimate = max_batches * max_records * 512
+        cap = self._spool.caps.max_bytes
+        dense = self._dense
+        prepared = self._prepared
         renderer = self._renderer
-        return await self._call(lambda conn: renderer.render(conn, wanted))
+
+        def job(conn: sqlite3.Connection) -> tuple[Prepare, list[int]]:
+            prepared.sweep(conn)
+            if cap is not None and _used_bytes(conn) + estimate > LOW_WATER * cap:
+                return Prepare(0, 0, 0, held="cap"), []
+            if not prepared.room(estimate):
+                return Prepare(0, 0, 0, held="disk"), []
+            with _transaction(conn):
+                refs: list[BatchRef] = []
+                for stream in STREAM_ORDER:
+                    room = max_batches - len(refs)
+                    if room <= 0:
+                        break
+                    cut, _ = _cut(
+                        conn, stream, room, max_records,
+                        flush=False, created_us=created, dense=dense.get(stream, False),
+                    )  # fmt: skip
+                    refs.extend(cut)
+                if not refs:
+                    return Prepare(0, 0, 0), []
+                batches = renderer.render(conn, refs)
+                _note_density(dense, batches)
+                size = prepared.store(conn, batches)
+            return Prepare(len(refs), sum(b.count for b in batches), size), [r.seq for r in refs]
+
+        done, seqs = await self._call(job)
+        self._fresh.update(seqs)
+        return done
 
     async def acknowledge(self, seqs: Collection[int]) -> int:
         """Delete these batches from the outbox (one transaction); return how many were open.
@@ -421,7 +519,9 @@ class Outbox:
 
         def job(conn: sqlite3.Connection) -> int:
             with _transaction(conn):
-                return _acknowledge(conn, wanted)
+                done = _acknowledge(conn, wanted)
+            self._prepared.sweep(conn)
+            return done
 
         return await self._call(job)
 
@@ -451,11 +551,14 @@ class Outbox:
             "FROM outbox_batches"
         )
         open_count, last_seq = batches[0]
+        prepared_count, prepared_bytes = (await self._spool._fetch(TOTALS))[0]
         return OutboxStatistics(
             unsent=MappingProxyType(unsent),
             open_batches=int(open_count),
             oldest_unsent=oldest,
             last_seq=int(last_seq or 0),
+            prepared_batches=int(prepared_count),
+            prepared_bytes=int(prepared_bytes),
         )
 
     async def empty(self) -> bool:
@@ -542,13 +645,22 @@ def _take(
             # The cut is committed and stands; Take.rendered stays short and the caller
             # renders the batches again (Outbox.render), which reports a lasting error.
             rendered = ()
-        for stream in {b.stream for b in rendered}:
-            dense[stream] = all(
-                b.count == b.ref.last_id - b.ref.first_id + 1
-                for b in rendered
-                if b.stream is stream
-            )
+        _note_density(dense, rendered)
     return Take(tuple(refs), acknowledged, MappingProxyType(waiting_now), rendered)
+
+
+def _note_density(dense: dict[Stream, bool], rendered: Sequence[Batch]) -> None:
+    """Whether the batches just rendered had every id of their range, per stream (see _cut)."""
+    for stream in {b.stream for b in rendered}:
+        dense[stream] = all(
+            b.count == b.ref.last_id - b.ref.first_id + 1 for b in rendered if b.stream is stream
+        )
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    """What the spool uses, as its cap counts it: pages in use and prepared bytes."""
+    (used,) = conn.execute(USED_BYTES).fetchone()
+    return int(used)
 
 
 def _cut(

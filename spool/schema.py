@@ -307,6 +307,29 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             """,
         ),
     ),
+    Migration(
+        "prepared batches: where the JSON of batches cut while the broker was away is kept",
+        (
+            # One row per open batch whose JSON was written ahead into a segment file beside
+            # the spool (see spool.prepared): which file, where in it, how long, how many
+            # records. It goes with its batch: acknowledged or evicted.
+            """
+            CREATE TABLE outbox_prepared (
+                seq      INTEGER PRIMARY KEY,
+                segment  INTEGER NOT NULL,
+                at       INTEGER NOT NULL CHECK (at >= 0),
+                size     INTEGER NOT NULL CHECK (size > 0),
+                records  INTEGER NOT NULL CHECK (records > 0)
+            ) STRICT
+            """,
+            "CREATE INDEX outbox_prepared_by_segment ON outbox_prepared (segment)",
+            """
+            CREATE TRIGGER outbox_prepared_gone AFTER DELETE ON outbox_batches BEGIN
+                DELETE FROM outbox_prepared WHERE seq = OLD.seq;
+            END
+            """,
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

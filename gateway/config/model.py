@@ -276,6 +276,10 @@ class UplinkConfig(Strict):
     reconnect_min_s: Annotated[float, Field(gt=0)] = 1.0
     reconnect_max_s: Annotated[float, Field(gt=0)] = 300.0
     drain_records_per_s: Annotated[float, Field(ge=0)] = 5000.0  # 0: unpaced
+    # While the broker is away (this long, so a blip costs nothing), write the JSON of full
+    # batches ahead into the spool's prepared segments, so the backlog drains at publish speed.
+    prepare_offline: bool = True
+    prepare_after_s: Annotated[float, Field(ge=0)] = 30.0
     publish_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     status_interval_s: Annotated[float, Field(gt=0)] = 60.0

@@ -8,7 +8,9 @@ there cuts up to a window of batches in one transaction (which also commits the 
 gathered since the previous one: one fsync for both) and renders them, and while a backlog lasts
 the next call is queued before the previous one returns, so the worker never waits for the event
 loop. At most :data:`AHEAD` windows are cut (rendered, or being rendered) ahead of the sender:
-about 9 MB a window of 100 batches of 200 readings.
+about 9 MB a window of 100 batches of 200 readings. Open batches at the start of a connection
+(resends, and batches prepared while the broker was away: see :mod:`spool.prepared`) are read
+back a window at a time under the same limit.
 
 :class:`AckBook` holds acknowledged batches until a commit removes them from the outbox; they
 are skipped if they come round again meanwhile. A late commit can only cause a duplicate.
@@ -101,7 +103,7 @@ class Feed:
         self._out: asyncio.Queue[list[tuple[Batch, bool]] | None] = asyncio.Queue()
         self._current: deque[tuple[Batch, bool]] = deque()
         self._ended = False
-        self._ahead = 0  # cut but not yet handed to the sender
+        self._ahead = 0  # cut or read back, not yet handed to the sender
         self._taken = asyncio.Event()
 
     async def start(self, tasks: asyncio.TaskGroup) -> None:
@@ -124,18 +126,27 @@ class Feed:
                 return None
             self._current.extend(group)
         item = self._current.popleft()
-        if not item[1]:
-            self._ahead -= 1
-            self._taken.set()
+        self._ahead -= 1
+        self._taken.set()
         return item
 
     # -- the producer --------------------------------------------------------------------------
 
     async def _produce(self, resend: list[BatchRef]) -> None:
         try:
+            # Open batches first, a window at a time and no further ahead than cuts (a backlog
+            # prepared while the broker was away can be thousands). A batch prepared by this
+            # outbox and never handed out is sent for the first time, not resent.
             for start in range(0, len(resend), self.size):
+                while self._ahead >= AHEAD * self.size and not self.stop.is_set():
+                    self._taken.clear()
+                    await first_of(self._taken.wait(), self.stop.wait())
+                if self.stop.is_set():
+                    break
                 batches = await self._render(resend[start : start + self.size])
-                self._out.put_nowait([(batch, True) for batch in batches])
+                self._ahead += len(batches)
+                first = self.outbox.first_send
+                self._out.put_nowait([(batch, not first(batch.seq)) for batch in batches])
             await self._cut_ahead()
         finally:
             self._out.put_nowait(None)

@@ -12,6 +12,13 @@ On each connection:
    bucket (``drain_records_per_s``) so a backlog after an outage does not flood the broker;
 5. a periodic retained status (spool depth, oldest unsent age, evictions).
 
+While there is no connection (after ``prepare_after_s``, so a blip costs nothing) the uplink
+*prepares*: it cuts full batches as records arrive and writes their JSON ahead beside the spool
+(:meth:`~spool.outbox.Outbox.prepare`, :mod:`spool.prepared`). When the broker is back they are
+open batches like any other, read back instead of rendered, so a backlog drains at the speed of
+publishing. Preparing stops short of the spool's cap and of the disk's reserve, and the cap
+drops prepared JSON before it evicts any record.
+
 A batch is acknowledged by its PUBACK (``broker``) or by the head-end's ack message
 (``headend``; unanswered batches are sent again after ``headend_ack_timeout_s``). Acks are
 committed to the outbox with the next group of cut batches (see :mod:`.feed`), or by a flusher
@@ -44,7 +51,7 @@ from spool import Batch, Clock, Outbox, Spool, SpoolUnavailableError
 
 from . import status
 from .errors import BrokerRefusedError, TlsSetupError, UplinkError
-from .feed import SPOOL_RETRY_S, AckBook, Feed, first_of
+from .feed import IDLE_POLL_S, SPOOL_RETRY_S, AckBook, Feed, first_of
 from .pacing import Pacer
 from .payloads import BatchEncoder, Topics, parse_ack
 from .reconnect import Backoff, RealTimer, Timer
@@ -57,6 +64,8 @@ log = logging.getLogger("amigw.uplink")
 _STOP_GRACE_S: Final = 10.0
 #: acknowledgements wait this long for a cut to commit them along, then commit on their own
 ACK_DELAY_S: Final = 0.05
+#: preparing waits this long after it failed (a full disk, say) or was held back for room
+PREPARE_RETRY_S: Final = 60.0
 _SENT: Final = memoryview(b"")
 
 
@@ -131,8 +140,17 @@ class Uplink:
         self._window: Window | None = None
         self._since: datetime | None = None
         self._counts = dict.fromkeys(
-            ("connects", "connect_failures", "published", "resent", "headend_acks", "bad_acks"), 0
-        )
+            (
+                "connects", "connect_failures", "published", "resent", "headend_acks",
+                "bad_acks", "prepared", "prepare_failures",
+            ),
+            0,
+        )  # fmt: skip
+        # Connected or not, and since when not (timer's clock): when preparing may start.
+        self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._disconnected.set()
+        self._offline_since: float | None = None
         self._last_error: str | None = None
         # Head-end commands (gateway.commands): who takes ``cmd`` payloads, and the results
         # waiting for ``cmd/result`` (bounded: the oldest go first while the link stays down).
@@ -178,6 +196,8 @@ class Uplink:
             bad_acks=c["bad_acks"],
             paced_s=self._pacer.waited_s,
             last_error=self._last_error,
+            batches_prepared=c["prepared"],
+            prepare_failures=c["prepare_failures"],
         )
 
     async def run(self) -> None:
@@ -185,6 +205,8 @@ class Uplink:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._flush_acks(), name="uplink-acks")
+                self._offline_since = self.timer.monotonic()
+                tasks.create_task(self._prepare_offline(), name="uplink-prepare")
                 try:
                     await self._connect_loop()
                 finally:
@@ -229,6 +251,8 @@ class Uplink:
             async with Session.open(settings) as session:
                 self._counts["connects"] += 1
                 self._since = self.clock.now()
+                self._disconnected.clear()
+                self._connected.set()
                 log.info(
                     "uplink connected to %s:%d as %s (MQTT %s, ack=%s, window %d)",
                     settings.host, settings.port, settings.client_id, settings.mqtt_version,
@@ -238,6 +262,9 @@ class Uplink:
                     await self._serve(session, backoff)
                 finally:
                     self._window = None
+                    self._connected.clear()
+                    self._disconnected.set()
+                    self._offline_since = self.timer.monotonic()
         except BaseExceptionGroup as group:
             # A TaskGroup of this connection failed: report its first connection error; a bug
             # (anything that is not an UplinkError) propagates untouched.
@@ -404,6 +431,74 @@ class Uplink:
                     entry.sent_at = now
                     self._counts["resent"] += 1
                     entry.task = tasks.create_task(self._publish(session, window, entry))
+
+    # -- preparing while the broker is away ----------------------------------------------------
+
+    async def _prepare_offline(self) -> None:
+        """While disconnected for ``prepare_after_s``: cut full batches as records arrive and
+        write their JSON ahead (:meth:`~spool.outbox.Outbox.prepare`), a window at a time."""
+        if not self.config.prepare_offline:
+            return
+        ended = asyncio.ensure_future(first_of(self._stop.wait(), self._closing.wait()))
+        held: str | None = None
+        failures = 0
+        seen = self.spool.write_count
+        try:
+            while not ended.done():
+                if self._connected.is_set():
+                    await first_of(self._disconnected.wait(), asyncio.shield(ended))
+                    continue
+                since = self._offline_since or self.timer.monotonic()
+                wait = since + self.config.prepare_after_s - self.timer.monotonic()
+                if wait > 0:
+                    await first_of(
+                        self.timer.sleep(wait), self._connected.wait(), asyncio.shield(ended)
+                    )
+                    continue
+                pause = 0.0
+                started = self.timer.monotonic()
+                try:
+                    done = await self.outbox.prepare(
+                        max_batches=self.config.window,
+                        max_records=self.config.batch_max_records,
+                        now=self.clock.now(),
+                    )
+                except SpoolUnavailableError as exc:
+                    self._counts["prepare_failures"] += 1
+                    failures += 1
+                    level = logging.WARNING if failures == 1 else logging.DEBUG
+                    log.log(level, "uplink cannot prepare batches (%d in a row), records wait"
+                            " unprepared: %s", failures, exc)  # fmt: skip
+                    pause = PREPARE_RETRY_S
+                else:
+                    failures = 0
+                    self._counts["prepared"] += done.batches
+                    if done.held != held:
+                        if done.held is not None:
+                            log.info("uplink: preparing paused to leave room (%s)", done.held)
+                        else:
+                            log.info("uplink: preparing resumed")
+                        held = done.held
+                    if held is not None:
+                        pause = PREPARE_RETRY_S
+                    elif done.batches >= self.config.window:
+                        continue  # a backlog: the next window at once
+                    else:
+                        # Less than a window of full batches: wait for records, then look
+                        # again no sooner than IDLE_POLL_S after this look.
+                        await first_of(
+                            self.spool.wait_written(seen),
+                            self._connected.wait(),
+                            asyncio.shield(ended),
+                        )
+                        seen = self.spool.write_count
+                        pause = max(0.0, started + IDLE_POLL_S - self.timer.monotonic())
+                if pause > 0:
+                    await first_of(
+                        self.timer.sleep(pause), self._connected.wait(), asyncio.shield(ended)
+                    )
+        finally:
+            ended.cancel()
 
     # -- committing acknowledgements -----------------------------------------------------------
 

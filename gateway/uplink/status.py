@@ -38,12 +38,16 @@ class UplinkStatistics:
     bad_acks: int
     paced_s: float
     last_error: str | None
+    #: batches cut and written ahead while the broker was away, and failures to (disk full)
+    batches_prepared: int = 0
+    prepare_failures: int = 0
 
     def as_status(self) -> dict[str, Any]:
         return {
             "connects": self.connects,
             "batches_published": self.batches_published,
             "batches_resent": self.batches_resent,
+            "batches_prepared": self.batches_prepared,
             "batches_acked": self.batches_acked,
             "records_acked": self.records_acked,
             "inflight": self.inflight,
@@ -64,6 +68,8 @@ async def spool_figures(spool: Spool, outbox: Outbox, now: datetime) -> dict[str
         "unsent": {s.value: n for s, n in out.unsent.items()},
         "open_batches": out.open_batches,
         "last_seq": out.last_seq,
+        "prepared_batches": out.prepared_batches,
+        "prepared_bytes": out.prepared_bytes,
         "oldest_unsent": None if oldest is None else utc_text(oldest),
         "oldest_unsent_age_s": (
             None if oldest is None else round(max(0.0, (now - oldest).total_seconds()), 3)

@@ -1,0 +1,300 @@
+"""Prepared batches: the JSON of batches cut while the broker is away, written ahead into
+segment files beside the spool, so that a backlog drains at the speed of publishing.
+
+Rendering a batch is most of what a drain costs (:mod:`spool.render`). While the uplink is
+disconnected the outbox cuts full batches as records arrive and renders them straight away
+(:meth:`spool.outbox.Outbox.prepare`); their JSON goes here and an index row per batch goes into
+``outbox_prepared`` (segment, offset, size, records). When the broker is back, those batches
+are open batches like any other and are sent from here: read back with one ``pread`` per run of
+adjacent batches instead of rendered again.
+
+Prepared payloads are a cache of what the records render to, never the only copy: the records
+stay in their tables, and a batch with no index row (or whose bytes cannot be read back as
+written) is rendered from them as before. That keeps the rules simple:
+
+* **durability** — bytes are written and ``fsync``-ed (the directory too, for a new segment)
+  before the transaction that records their index rows commits. A crash in between leaves
+  bytes no row points at, never a row pointing at bytes not on disk;
+* **lifetime** — an index row goes with its batch (a trigger on ``outbox_batches``, so an
+  acknowledgement and eviction both remove it); a segment file no row points at is deleted by
+  :meth:`Prepared.sweep`, which the outbox runs after it commits acknowledgements. A new
+  process never appends to an old segment (its tail may be a crash's leftovers). Segments are
+  named by a random 64-bit number, never reused: index rows restored from a backup cannot
+  point into another history's file, they find no file and are rendered again;
+* **space** — the spool's cap counts prepared bytes, and eviction drops every prepared batch
+  before it evicts a single record (:mod:`spool.caps`); preparing stops short of the cap and
+  leaves a share of the file system free (:data:`FREE_RESERVE`), so the cache can never be
+  what fills the disk under the records it caches;
+* **reads are checked** — a batch read back must have its recorded size and be a run of JSON
+  objects (``{`` … ``}``); anything else is counted, logged and rendered from the records.
+
+Segment files are ``<16 hex digits>.json`` in ``<spool file>-prepared/``, at most
+:data:`SEGMENT_BYTES` each. Everything here runs on the outbox's worker thread, with the
+worker's connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from spool.errors import SpoolFullError, SpoolUnavailableError
+from spool.streams import Batch, BatchRef
+
+log = logging.getLogger("amigw.spool.prepared")
+
+#: a segment file is closed for appending once it holds this much
+SEGMENT_BYTES: Final = 64 * 1024 * 1024
+#: preparing stops while less than this share of the file system would be left free
+FREE_RESERVE: Final = 0.2
+_SUFFIX: Final = ".json"
+_OPEN, _CLOSE = ord("{"), ord("}")
+
+# One row for any number of batches (the worker's thread gives the interpreter back to the
+# event loop between rows, so a row per batch would cost a hand-over per batch).
+_INDEX: Final = (
+    "SELECT group_concat(seq || ' ' || segment || ' ' || at || ' ' || size || ' ' || records, "
+    "' ') FROM outbox_prepared WHERE seq IN (SELECT value FROM json_each(?))"
+)
+_INSERT: Final = (
+    "INSERT OR REPLACE INTO outbox_prepared (seq, segment, at, size, records) "
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+    "json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]') "
+    "FROM json_each(?)"
+)
+#: prepared batches and bytes now (one row)
+TOTALS: Final = "SELECT count(*), coalesce(sum(size), 0) FROM outbox_prepared"
+
+
+def directory_of(spool_path: Path) -> Path:
+    """Where the segment files of the spool at ``spool_path`` live."""
+    return spool_path.with_name(spool_path.name + "-prepared")
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    seq: int
+    segment: int
+    at: int
+    size: int
+    records: int
+
+
+class Prepared:
+    """The segment files of one spool and their index rows (worker thread only)."""
+
+    def __init__(self, spool_path: Path) -> None:
+        self.directory = directory_of(spool_path)
+        self._segment: int | None = None  # the one appended to, opened on first store
+        self._fd: int | None = None
+        self._size = 0
+        #: whether files may exist that a sweep should look at
+        self._dirty = True
+        self.unreadable = 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+        self._segment = None
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def room(self, incoming: int) -> bool:
+        """Whether ``incoming`` more bytes leave the file system its reserve."""
+        try:
+            self.directory.mkdir(exist_ok=True)
+            fs = os.statvfs(self.directory)
+        except OSError:
+            return False
+        total = fs.f_blocks * fs.f_frsize
+        free = fs.f_bavail * fs.f_frsize
+        return free - incoming >= FREE_RESERVE * total
+
+    def store(self, conn: sqlite3.Connection, batches: Sequence[Batch]) -> int:
+        """Append the batches' JSON to the current segment, ``fsync`` it and insert their index
+        rows through ``conn`` (inside the caller's transaction, which commits them). Return the
+        bytes written. On a write error the segment is cut back and the error raised as a
+        :class:`~spool.errors.SpoolUnavailableError` (``SpoolFullError`` for a full disk)."""
+        wanted = [b for b in batches if b.count]
+        if not wanted:
+            return 0
+        size = sum(len(b.records) for b in wanted)
+        fd, segment, start = self._writable(size)
+        try:
+            _write_all(fd, [b.records for b in wanted])
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            self.close()  # a fresh segment next time: this one's end is uncertain
+            raise _unavailable(self.directory, exc) from exc
+        self._size = start + size
+        self._dirty = True
+        rows = []
+        at = start
+        for batch in wanted:
+            rows.append((batch.seq, segment, at, len(batch.records), batch.count))
+            at += len(batch.records)
+        conn.execute(_INSERT, (json.dumps(rows),))
+        return size
+
+    def _writable(self, incoming: int) -> tuple[int, int, int]:
+        if self._fd is not None and self._segment is not None:
+            if self._size == 0 or self._size + incoming <= SEGMENT_BYTES:
+                return self._fd, self._segment, self._size
+            self.close()
+        try:
+            self.directory.mkdir(exist_ok=True)
+            segment = secrets.randbits(63)  # SQLite's INTEGER is signed 64-bit
+            path = self._path(segment)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
+            _fsync_directory(self.directory)
+        except OSError as exc:
+            raise _unavailable(self.directory, exc) from exc
+        self._fd, self._segment, self._size = fd, segment, 0
+        return fd, segment, 0
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def load(
+        self, conn: sqlite3.Connection, refs: Sequence[BatchRef]
+    ) -> dict[int, tuple[int, memoryview]]:
+        """The prepared JSON of those of ``refs`` that have it: ``seq -> (records, json)``.
+
+        A batch whose bytes are missing or not as recorded loses its index row (counted in
+        :attr:`unreadable`, logged) and is left out, to be rendered from its records."""
+        if not refs:
+            return {}
+        (text,) = conn.execute(_INDEX, (json.dumps([r.seq for r in refs]),)).fetchone()
+        numbers = [int(n) for n in str(text or "").split()]
+        entries = [_Entry(*numbers[i : i + 5]) for i in range(0, len(numbers), 5)]
+        out: dict[int, tuple[int, memoryview]] = {}
+        bad: list[_Entry] = []
+        for run in _runs(entries):
+            first, last = run[0], run[-1]
+            try:
+                data = self._read(first.segment, first.at, last.at + last.size - first.at)
+            except OSError as exc:
+                log.warning(
+                    "prepared segment %d unreadable (%s): rendering again", first.segment, exc
+                )
+                bad.extend(run)
+                continue
+            view = memoryview(data)
+            for entry in run:
+                piece = view[entry.at - first.at : entry.at - first.at + entry.size]
+                if len(piece) == entry.size and piece[0] == _OPEN and piece[-1] == _CLOSE:
+                    out[entry.seq] = (entry.records, piece)
+                else:
+                    bad.append(entry)
+        if bad:
+            self.unreadable += len(bad)
+            log.warning(
+                "%d prepared batch(es) not as written (first seq %d): rendering them again",
+                len(bad), bad[0].seq,
+            )  # fmt: skip
+            conn.execute(
+                "DELETE FROM outbox_prepared WHERE seq IN (SELECT value FROM json_each(?))",
+                (json.dumps([e.seq for e in bad]),),
+            )
+        return out
+
+    def _read(self, segment: int, at: int, size: int) -> bytes:
+        fd = os.open(self._path(segment), os.O_RDONLY)
+        try:
+            return os.pread(fd, size, at)
+        finally:
+            os.close(fd)
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def sweep(self, conn: sqlite3.Connection) -> int:
+        """Delete the segment files no index row points at (but the one being appended to);
+        return how many went. Cheap when there is nothing to do."""
+        if not self._dirty:
+            return 0
+        used = {int(s) for (s,) in conn.execute("SELECT DISTINCT segment FROM outbox_prepared")}
+        removed = 0
+        for number in self._numbers():
+            if number in used or number == self._segment:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                self._path(number).unlink()
+                removed += 1
+        if not used and self._segment is not None:
+            # Everything the current segment held was sent: the next batch starts a new file.
+            number = self._segment
+            self.close()
+            with contextlib.suppress(FileNotFoundError):
+                self._path(number).unlink()
+                removed += 1
+        self._dirty = bool(used)
+        return removed
+
+    def _numbers(self) -> list[int]:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        stems = [n[: -len(_SUFFIX)] for n in names if n.endswith(_SUFFIX)]
+        return [int(stem, 16) for stem in stems if len(stem) == 16 and _is_hex(stem)]
+
+    def _path(self, segment: int) -> Path:
+        return self.directory / f"{segment:016x}{_SUFFIX}"
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _runs(entries: Iterable[_Entry]) -> list[list[_Entry]]:
+    """Entries grouped into runs that lie back to back in one segment (one read each)."""
+    runs: list[list[_Entry]] = []
+    for entry in sorted(entries, key=lambda e: (e.segment, e.at)):
+        if runs:
+            last = runs[-1][-1]
+            if last.segment == entry.segment and last.at + last.size == entry.at:
+                runs[-1].append(entry)
+                continue
+        runs.append([entry])
+    return runs
+
+
+def _write_all(fd: int, pieces: Sequence[memoryview]) -> None:
+    # writev takes at most IOV_MAX buffers and may write short: loop until all is out.
+    pending = [p for p in pieces if len(p)]
+    while pending:
+        written = os.writev(fd, pending[:512])
+        while written and pending:
+            if written >= len(pending[0]):
+                written -= len(pending[0])
+                pending.pop(0)
+            else:
+                pending[0] = pending[0][written:]
+                written = 0
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unavailable(directory: Path, exc: OSError) -> SpoolUnavailableError:
+    detail = f"prepared batches in {directory}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SpoolFullError(directory, detail)
+    return SpoolUnavailableError(directory, detail)
