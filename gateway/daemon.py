@@ -37,6 +37,7 @@ from gateway.metrics import Metrics, publish_latency
 from gateway.systemd import (
     Notifier,
     Watchdog,
+    day_progress,
     report_status,
     stall_budgets,
     status_line,
@@ -209,17 +210,15 @@ class Daemon:
             self.paused = False
 
     async def status(self) -> str:
-        """The one-line summary systemd shows (``STATUS=``)."""
+        """The one-line summary systemd shows (``STATUS=``): the archive's meters complete
+        today (changes made by command included), then the ledger items behind them."""
         today = self.collector.local(self.clock.now()).date()
-        summary = await self.spool.ledger_summary(today)
+        progress = await day_progress(self.spool, self.collector.meters, today)
         connected = unsent = None
         if self.uplink is not None:
             connected = self.uplink.statistics().connected
             unsent = (await self.uplink.outbox.statistics()).depth
-        return status_line(
-            len(self.config.meter), summary.done, summary.total,
-            uplink=connected, unsent=unsent, paused=self.paused,
-        )  # fmt: skip
+        return status_line(progress, uplink=connected, unsent=unsent, paused=self.paused)
 
 
 def _spellings(secret: bytes) -> tuple[str, ...]:
@@ -324,7 +323,7 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, reread)
 
     def ready() -> None:
-        notifier.ready(f"collecting {len(config.meter)} meters")
+        notifier.ready(f"collecting {len(daemon.collector.meters)} meters")
         log.info("ready")
 
     daemon.on_ready.append(ready)

@@ -11,6 +11,13 @@ the real daemon against it over ptys, TCP and the virtual PLC module with both s
 scaled clock (so a simulated day passes in about a minute), and ends with a short summary:
 meters read and the success rate of the last day, days caught up, alarms raised, and batches
 the head-end side received (:class:`DemoSummary`).
+
+The daemon logs as ``amigw run`` does with the demo's configuration (:mod:`gateway.logs`, at
+its ``[logging]`` level), into a file rather than onto the terminal the demo prints its story
+on: ``amigw.log`` in the ``--keep`` directory, or a ``amigw-demo-*.log`` file in the system's
+temporary directory that outlives the run. Not being a terminal, the file gets what journald
+would get: one JSON object per line behind its priority. The summary names the file and says
+how many of its lines are warnings or errors.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -26,16 +34,18 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any, Final, TextIO
 from zoneinfo import ZoneInfo
 
 from drivers.clock import ScaledClock
+from gateway import logs
+from gateway.collector.plans import Item
 from gateway.config import Config, parse_config
 from simulator.run import Simulation, start_simulation
 from simulator.scenario import Scenario
-from spool import CLEARED_SUFFIX, LedgerState, Spool
+from spool import CLEARED_SUFFIX, LedgerEntry, LedgerState, Spool
 
 from .daemon import build
 
@@ -211,14 +221,26 @@ async def _subscribe(port: int, topic: str, seen: HeadEnd, out: TextIO) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonLog:
+    """Where the daemon's log went, and what it holds."""
+
+    path: Path
+    lines: int
+    warnings: int  # lines at warning or worse (sd-daemon priority 4 or lower)
+
+
+@dataclass(frozen=True, slots=True)
 class DemoSummary:
     """The figures the demo ends with (also what its test checks)."""
 
     day: dt.date | None
     meters: int
+    #: meters whose daily frozen reading of ``day`` is collected, and their share of the
+    #: day's meters: the success rate (采集成功率) as ``amigw ledger`` and the metrics count it
     meters_read: int
-    day_items: int
     day_rate: Decimal | None
+    day_items: int
+    day_items_rate: Decimal | None  # ledger items of ``day`` done, of all its items
     items: int
     done: int
     caught_up_days: int
@@ -226,6 +248,7 @@ class DemoSummary:
     alarms: Counter[str]
     cleared: int
     delivered: HeadEnd | None
+    log: DaemonLog | None = None
 
     @property
     def rate(self) -> Decimal | None:
@@ -234,15 +257,29 @@ class DemoSummary:
         return (Decimal(self.done) / Decimal(self.items)).quantize(Decimal("0.0001"))
 
 
+def _read(entries: list[LedgerEntry]) -> set[str]:
+    """The meters among ``entries`` whose daily frozen reading is collected."""
+    return {
+        e.meter
+        for e in entries
+        if e.item == Item.DAILY_FROZEN.value and e.state is LedgerState.DONE
+    }
+
+
 async def summarise(
-    spool: Spool, config: Config, first_day: dt.date, delivered: HeadEnd | None
+    spool: Spool,
+    config: Config,
+    first_day: dt.date,
+    delivered: HeadEnd | None,
+    log: DaemonLog | None = None,
 ) -> DemoSummary:
     """The run in a few figures: the last day's collection, catch-up, alarms, delivery."""
     entries = await spool.ledger()
     days = sorted({e.day for e in entries})
     day = days[-1] if days else None
     today = [e for e in entries if e.day == day]
-    done_today = {e.meter for e in today if e.state is LedgerState.DONE}
+    read = _read(today)
+    due = {e.meter for e in today}
     summary = await spool.ledger_summary(day) if day is not None else None
     alarms: Counter[str] = Counter()
     cleared = 0
@@ -254,9 +291,10 @@ async def summarise(
     return DemoSummary(
         day=day,
         meters=len(config.meter),
-        meters_read=len(done_today),
+        meters_read=len(read),
+        day_rate=_ratio(len(read), len(due)),
         day_items=len(today),
-        day_rate=None if summary is None else summary.success_rate,
+        day_items_rate=None if summary is None else summary.success_rate,
         items=len(entries),
         done=sum(e.state is LedgerState.DONE for e in entries),
         caught_up_days=sum(
@@ -268,7 +306,14 @@ async def summarise(
         alarms=alarms,
         cleared=cleared,
         delivered=delivered,
+        log=log,
     )
+
+
+def _ratio(part: int, whole: int) -> Decimal | None:
+    if not whole:
+        return None
+    return (Decimal(part) / Decimal(whole)).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
 
 
 def print_summary(s: DemoSummary, out: TextIO) -> None:
@@ -276,10 +321,14 @@ def print_summary(s: DemoSummary, out: TextIO) -> None:
         return "-" if rate is None else f"{rate:.1%}"
 
     print("summary", file=out)
-    print(f"  meters read        {s.meters_read} of {s.meters} on {s.day or '-'}", file=out)
     print(
-        f"  success rate       {pct(s.day_rate)} of {s.day_items} items on {s.day or '-'}; "
-        f"{pct(s.rate)} of {s.items} items over every day",
+        f"  meters read        {s.meters_read} of {s.meters} on {s.day or '-'} (daily frozen "
+        f"reading): success rate {pct(s.day_rate)}",
+        file=out,
+    )
+    print(
+        f"  ledger items done  {pct(s.day_items_rate)} of {s.day_items} on {s.day or '-'}; "
+        f"{pct(s.rate)} of {s.items} over every day",
         file=out,
     )
     print(
@@ -295,14 +344,20 @@ def print_summary(s: DemoSummary, out: TextIO) -> None:
     )  # fmt: skip
     if s.delivered is None:
         print("  batches delivered  - (no broker: the uplink was off)", file=out)
-        return
-    by_topic = ", ".join(f"{t} {n}" for t, n in sorted(s.delivered.batches.items()))
-    print(
-        f"  batches delivered  {sum(s.delivered.batches.values())} to the subscriber"
-        + (f": {by_topic}" if by_topic else "")
-        + f" ({sum(s.delivered.records.values())} records)",
-        file=out,
-    )
+    else:
+        by_topic = ", ".join(f"{t} {n}" for t, n in sorted(s.delivered.batches.items()))
+        print(
+            f"  batches delivered  {sum(s.delivered.batches.values())} to the subscriber"
+            + (f": {by_topic}" if by_topic else "")
+            + f" ({sum(s.delivered.records.values())} records)",
+            file=out,
+        )
+    if s.log is not None:
+        print(
+            f"  daemon log         {s.log.lines} lines, {s.log.warnings} warnings or errors, "
+            f"in {s.log.path}",
+            file=out,
+        )
 
 
 NO_BROKER: Final = (
@@ -334,6 +389,8 @@ async def run_demo(
         with (
             _workdir(keep) as tmp,
             _broker(Path(tmp), binary) as port,
+            _log_file(keep) as (log_path, log_file),
+            contextlib.ExitStack() as daemon_logging,
         ):
             metrics_port = _free_port()
             extra = f"[metrics]\nport = {metrics_port}\n"
@@ -344,6 +401,11 @@ async def run_demo(
             )
             config = parse_config(text, "demo configuration")
             (Path(tmp) / "amigw.toml").write_text(text, encoding="utf-8")
+            # As `amigw run` with this configuration and its stderr on the file.
+            secrets = logs.config_secrets(config)
+            daemon_logging.enter_context(
+                logs.configured(config.logging, stream=log_file, secrets=secrets)
+            )
             daemon = await build(config, clock)
             seen = None if port is None else HeadEnd()
             listener = None
@@ -356,8 +418,8 @@ async def run_demo(
                 print(f"broker 127.0.0.1:{port}; the head-end side subscribes to {topic}", file=out)
                 listener = asyncio.create_task(_subscribe(port, topic, seen, out))
             print(
-                f"gateway {config.gateway.id} collecting (metrics on 127.0.0.1:{metrics_port}); "
-                f"simulated time runs {speed:g}x",
+                f"gateway {config.gateway.id} collecting (metrics on 127.0.0.1:{metrics_port}, "
+                f"log in {log_path}); simulated time runs {speed:g}x",
                 file=out,
             )
             task = asyncio.create_task(daemon.run())
@@ -386,7 +448,8 @@ async def run_demo(
             try:
                 print("collection ledger:", file=out)
                 await _report(daemon.spool, first_day, out)
-                result = await summarise(daemon.spool, config, first_day, seen)
+                log_file.flush()
+                result = await summarise(daemon.spool, config, first_day, seen, _counted(log_path))
                 print_summary(result, out)
             finally:
                 await daemon.spool.close()
@@ -397,6 +460,27 @@ async def run_demo(
             file=out,
         )
     return result
+
+
+@contextlib.contextmanager
+def _log_file(keep: Path | None) -> Iterator[tuple[Path, TextIO]]:
+    """The file the daemon logs to: in ``keep``, or one of its own that outlives the run."""
+    if keep is None:
+        fd, name = tempfile.mkstemp(prefix="amigw-demo-", suffix=".log")
+        path, stream = Path(name), os.fdopen(fd, "w", encoding="utf-8")
+    else:
+        keep.mkdir(parents=True, exist_ok=True)
+        path = keep / "amigw.log"
+        stream = path.open("w", encoding="utf-8")
+    with stream:
+        yield path, stream
+
+
+def _counted(path: Path) -> DaemonLog:
+    lines = path.read_text("utf-8").splitlines()
+    # Each line starts with its sd-daemon priority, "<N>"; 4 is a warning, lower is worse.
+    worse = sum(1 for line in lines if line[:1] == "<" and line[1:2].isdigit() and line[1] <= "4")
+    return DaemonLog(path, len(lines), worse)
 
 
 @contextlib.contextmanager
@@ -412,11 +496,13 @@ def _workdir(keep: Path | None) -> Iterator[str]:
 
 
 async def _report(spool: Spool, first_day: dt.date, out: TextIO) -> None:
-    for day in sorted({e.day for e in await spool.ledger()}):
+    entries = await spool.ledger()
+    for day in sorted({e.day for e in entries}):
+        mine = [e for e in entries if e.day == day]
         s = await spool.ledger_summary(day)
-        rate = f"{s.success_rate:.1%}" if s.success_rate is not None else "-"
         mark = " (caught up)" if day < first_day else ""
         print(
-            f"  {day}{mark}: {s.done} done, {s.failed} failed, {s.pending} pending, success {rate}",
+            f"  {day}{mark}: {len(_read(mine))}/{len({e.meter for e in mine})} meters read; "
+            f"items {s.done} done, {s.failed} failed, {s.pending} pending",
             file=out,
         )

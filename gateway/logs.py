@@ -12,10 +12,13 @@ Every record goes through structlog's ``ProcessorFormatter`` on a single handler
   named like one, e.g. the TLS key path) are cut out of every rendered line.
 * levels: ``[logging] level`` for everything, ``[logging.levels]`` per logger name; a reload
   (SIGHUP) applies new levels without restarting.
+* :func:`configured` does the same for a while and then puts everything back, for a daemon run
+  inside a longer process (``amigw demo``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -104,6 +107,11 @@ class Redactor:
         # Longest first, so a secret that contains another is cut out whole.
         ordered = sorted(self._values, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(_bounded, ordered))) if ordered else None
+
+    @property
+    def values(self) -> frozenset[str]:
+        """The secret values it cuts out (each with its JSON-escaped spellings)."""
+        return self._values
 
     def add_secrets(self, values: Iterable[str]) -> None:
         """Learn more secret values (a key loaded from a file at start-up)."""
@@ -250,6 +258,42 @@ def configure(
     )
 
 
+@contextlib.contextmanager
+def configured(
+    settings: LoggingConfig, *, stream: TextIO, secrets: Iterable[str] = ()
+) -> Iterator[None]:
+    """:func:`configure` for a stretch of a process that goes on after it (``amigw demo`` runs
+    the daemon in the process that prints its summary, and tests run it in theirs): on exit
+    the root logger's handlers and level, the per-logger levels, the known secrets and
+    structlog are as they were before, and nothing writes to ``stream`` any more."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    named = {n: logging.getLogger(n).level for n in _levelled | set(settings.levels)}
+    levelled, known = set(_levelled), REDACTOR.values
+    shaped = structlog.is_configured()
+    structure = structlog.get_config()
+    configure(settings, stream=stream, secrets=secrets)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            handler.flush()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+        for name, was in named.items():
+            logging.getLogger(name).setLevel(was)
+        _levelled.clear()
+        _levelled.update(levelled)
+        REDACTOR.set_secrets(known)
+        if shaped:
+            structlog.configure(**structure)
+        else:
+            structlog.reset_defaults()
+
+
 __all__ = [
     "MASK",
     "REDACTOR",
@@ -259,6 +303,7 @@ __all__ = [
     "apply_levels",
     "config_secrets",
     "configure",
+    "configured",
     "secret_name",
     "use_json",
 ]

@@ -8,7 +8,10 @@
   until its next due time or made progress (an exchange, answered or not) within its budget.
   A bus stuck inside an exchange stops the feeding, and systemd restarts the service.
   It runs on the monotonic clock, as systemd's timer does, never on the injected clock.
-* :func:`status_line` is the one-line ``STATUS=`` summary ``systemctl status`` shows.
+* :func:`status_line` is the one-line ``STATUS=`` summary ``systemctl status`` shows. It counts
+  meters, as a field engineer reads it: every archive meter is due each day, and a meter is
+  complete once every ledger item it owes for the day is done (:func:`day_progress`); the
+  ledger items behind that figure follow, labelled as such.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import os
 import socket
 import time
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import date
 from typing import Protocol
 
 from gateway.config import Config, SerialBusConfig, TcpBusConfig
-from spool import SpoolError
+from spool import Spool, SpoolError
 
 log = logging.getLogger("amigw.systemd")
 
@@ -232,19 +237,47 @@ async def report_status(
             await asyncio.wait_for(stop.wait(), interval_s)
 
 
+@dataclass(frozen=True, slots=True)
+class DayProgress:
+    """One day's collection, counted in meters first and ledger items second."""
+
+    meters: int  # archive meters: each one is due every day
+    complete: int  # archive meters whose every ledger item for the day is done
+    items_done: int
+    items: int  # the day's ledger entries (meter x item), 0 until the day is planned
+
+
+async def day_progress(spool: Spool, archive: Collection[str], day: date) -> DayProgress:
+    """How many of the ``archive`` meters have every ledger item of ``day`` done.
+
+    Planning gives every archive meter its items for the day at once, so once the day has
+    entries a meter that owes none is complete. The meters still owing come from the index of
+    open entries, with nothing decoded. A meter removed from the archive does not count,
+    whatever it still owes.
+    """
+    summary = await spool.ledger_summary(day)
+    if not summary.total:
+        return DayProgress(len(archive), 0, 0, 0)
+    owing = await spool.owing_meters(day)
+    complete = sum(1 for meter in archive if meter not in owing)
+    return DayProgress(len(archive), complete, summary.done, summary.total)
+
+
 def status_line(
-    meters: int,
-    done: int,
-    total: int,
+    progress: DayProgress,
     *,
     uplink: bool | None = None,
     unsent: int | None = None,
     paused: bool = False,
 ) -> str:
-    """``collecting 1000 meters: 4062/5000 items done today, uplink connected, spool 1234
-    unsent`` (items: the collection ledger's meter x item entries for the day)."""
+    """``collecting: 812/1000 meters complete today, ledger items 4062/5000 done, uplink
+    connected, spool 1234 unsent`` (meters as :func:`day_progress` counts them)."""
     state = "paused, spool full" if paused else "collecting"
-    parts = [f"{state} {meters} meters: {done}/{total} items done today"]
+    meters = f"{progress.complete}/{progress.meters} meters complete today"
+    if progress.items:
+        parts = [f"{state}: {meters}", f"ledger items {progress.items_done}/{progress.items} done"]
+    else:
+        parts = [f"{state}: {meters} (not planned yet)"]
     if uplink is not None:
         parts.append(f"uplink {'connected' if uplink else 'disconnected'}")
     if unsent is not None:
@@ -254,9 +287,11 @@ def status_line(
 
 __all__ = [
     "Activity",
+    "DayProgress",
     "Notifier",
     "StatusSource",
     "Watchdog",
+    "day_progress",
     "report_status",
     "stall_budgets",
     "status_line",

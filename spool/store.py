@@ -127,6 +127,8 @@ class Spool:
         # Helpers holding their own connection to this file (the outbox's reader) register
         # their close here, so closing the spool never leaves a worker thread behind.
         self._dependents: list[Callable[[], Awaitable[None]]] = []
+        # Called by the caps after dropping prepared batches (the outbox removes their files).
+        self._sweepers: list[Callable[[], Awaitable[int]]] = []
         self.clock: Clock = clock or _SystemClock()
         #: size cap, eviction by value and disk-full relief (see :mod:`spool.caps`)
         self.caps = Caps(self, max_bytes)
@@ -459,6 +461,15 @@ class Spool:
             else None
         )
         return LedgerSummary(day, pending, done, failed, rate)
+
+    async def owing_meters(self, day: date) -> set[str]:
+        """The meters with a pending or failed entry on ``day`` (from the open-entries index;
+        no entry is decoded)."""
+        rows = await self._fetch(
+            "SELECT DISTINCT meter FROM ledger WHERE day = ? AND state <> 'done'",
+            (day.isoformat(),),
+        )
+        return {str(meter) for (meter,) in rows}
 
     # -- events --------------------------------------------------------------------------------
 

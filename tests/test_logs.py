@@ -239,6 +239,37 @@ def test_levels_per_component_and_their_reload() -> None:
     assert logging.getLogger().level == logging.DEBUG
 
 
+def test_configured_for_a_while_then_as_before() -> None:
+    """``amigw demo`` runs the daemon inside a longer process: inside, the daemon's settings
+    and secrets; after, the process logs exactly as before and the daemon's stream hears
+    nothing more."""
+    outer = io.StringIO()
+    logs.configure(
+        LoggingConfig(level="warning", format="json", levels={"amigw.uplink": "debug"}),
+        stream=outer,
+        secrets=["outer-Secret-77"],
+    )
+    inner = io.StringIO()
+    settings = LoggingConfig(level="info", format="json", levels={"amigw.spool": "error"})
+    with logs.configured(settings, stream=inner, secrets=["inner-Secret-88"]):
+        logging.getLogger("amigw.collector").info("inside with inner-Secret-88")
+        logging.getLogger("amigw.spool").warning("spool below its error level")
+        logging.getLogger("amigw.uplink").debug("uplink no longer at debug")
+    log = logging.getLogger("amigw.collector")
+    log.warning("after: outer-Secret-77 and inner-Secret-88")
+    log.info("after, below the outer level")
+    logging.getLogger("amigw.uplink").debug("uplink at debug again")
+    logging.getLogger("amigw.spool").warning("spool inherits again")
+    assert [o["event"] for _, o in json_lines(inner.getvalue())] == [f"inside with {logs.MASK}"]
+    assert [o["event"] for _, o in json_lines(outer.getvalue())] == [
+        f"after: {logs.MASK} and inner-Secret-88",
+        "uplink at debug again",
+        "spool inherits again",
+    ]
+    assert logging.getLogger().level == logging.WARNING
+    assert logging.getLogger("amigw.spool").level == logging.NOTSET
+
+
 def test_logging_table_is_validated_with_key_paths() -> None:
     ok = parse_config(
         '[gateway]\nid = "gw"\n[logging]\nlevel = "DEBUG"\nformat = "json"\n'

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,12 +32,20 @@ from drivers.channel import Exchange
 from drivers.clock import ManualClock, ScaledClock
 from gateway.collector.collector import Collector
 from gateway.config import parse_config
-from gateway.systemd import Notifier, Watchdog, stall_budgets, status_line, watchdog_timeout
+from gateway.daemon import build
+from gateway.systemd import (
+    DayProgress,
+    Notifier,
+    Watchdog,
+    stall_budgets,
+    status_line,
+    watchdog_timeout,
+)
 from protocols.dlt645 import Message
 from simulator.channel import MemoryChannel
 from simulator.run import start_simulation
 from simulator.scenario import build_district
-from spool import Spool
+from spool import LedgerEntry, LedgerState, Spool
 
 from .districts import config_text, gateway_config, scenario_from
 
@@ -167,7 +177,12 @@ async def test_ready_status_watchdog_then_stopping_on_sigterm(tmp_path: Path) ->
                 feeds = lines_with(seen, "WATCHDOG=1")
                 assert len(feeds) >= 3, seen
                 statuses = lines_with(seen, "STATUS=")
-                assert any(s.startswith("STATUS=collecting 7 meters") for s in statuses), statuses
+                assert "STATUS=collecting 7 meters" in statuses  # with READY=1
+                progress = re.compile(
+                    r"STATUS=collecting: \d/7 meters complete today"
+                    r"(, ledger items \d+/\d+ done| \(not planned yet\))"
+                )
+                assert any(progress.fullmatch(s) for s in statuses), statuses
                 # Nothing was stopping yet.
                 assert not lines_with(seen, "STOPPING=1")
 
@@ -430,12 +445,61 @@ def test_notifier_path_abstract_and_absent(tmp_path: Path) -> None:
 
 def test_status_line() -> None:
     assert (
-        status_line(1000, 4062, 5000, uplink=True, unsent=1234)
-        == "collecting 1000 meters: 4062/5000 items done today, uplink connected, spool 1234 unsent"
+        status_line(DayProgress(1000, 812, 4062, 5000), uplink=True, unsent=1234)
+        == "collecting: 812/1000 meters complete today, ledger items 4062/5000 done, "
+        "uplink connected, spool 1234 unsent"
     )
     assert (
-        status_line(12, 0, 0, paused=True) == "paused, spool full 12 meters: 0/0 items done today"
+        status_line(DayProgress(12, 3, 30, 60), paused=True)
+        == "paused, spool full: 3/12 meters complete today, ledger items 30/60 done"
     )
+    assert (
+        status_line(DayProgress(12, 0, 0, 0), uplink=False)
+        == "collecting: 0/12 meters complete today (not planned yet), uplink disconnected"
+    )
+
+
+async def test_status_counts_meters_complete_not_items(tmp_path: Path) -> None:
+    """A meter with one item still open is not complete, however many of its items are done;
+    a meter taken out of the archive no longer counts, whatever it still owes."""
+    scenario = scenario_from(SCENARIO)
+    clock = ManualClock(START)
+    config = gateway_config(
+        scenario, tmp_path / "spool.sqlite", extra="[metrics]\nenabled = false\n"
+    )
+    daemon = await build(config, clock)
+    try:
+        assert await daemon.status() == "collecting: 0/7 meters complete today (not planned yet)"
+        await daemon.collector.plan()
+        entries = await daemon.spool.ledger(day=START.date())
+        by_meter: dict[str, list[LedgerEntry]] = {}
+        for e in entries:
+            by_meter.setdefault(e.meter, []).append(e)
+        meters = sorted(by_meter)
+        assert len(meters) == 7
+        assert all(len(items) >= 2 for items in by_meter.values())
+        # Two meters complete, four with all but one item done, one untouched.
+        done = [e for m in meters[:2] for e in by_meter[m]]
+        done += [e for m in meters[2:6] for e in by_meter[m][1:]]
+        await daemon.spool.update_ledger(
+            dataclasses.replace(e, state=LedgerState.DONE, attempts=1) for e in done
+        )
+        # The old count, items done of all items, would read as most meters done.
+        assert len(done) > len(entries) / 2
+        assert await daemon.status() == (
+            f"collecting: 2/7 meters complete today, ledger items {len(done)}/{len(entries)} done"
+        )
+        # Taken out of the archive (an archive command): a meter owing items is no longer due.
+        del daemon.collector.meters[meters[6]]
+        assert await daemon.status() == (
+            f"collecting: 2/6 meters complete today, ledger items {len(done)}/{len(entries)} done"
+        )
+        daemon.paused = True
+        assert (await daemon.status()).startswith("paused, spool full: 2/6 meters complete today")
+    finally:
+        for channel in daemon.channels.values():
+            await channel.close()
+        await daemon.spool.close()
 
 
 # -- the unit files ----------------------------------------------------------------------------

@@ -5,6 +5,8 @@ daemon against them with a shared scaled clock (``--speed 1440``: a simulated da
 and, when mosquitto is installed, a private broker and a head-end subscriber printing the
 alarms it receives. Prints progress, the collection ledger of each day, then a summary: meters
 read, success rate, days caught up, alarms raised and batches delivered to the subscriber.
+The daemon logs as ``amigw run`` would with the demo's configuration, into a file the summary
+names (``amigw.log`` in the ``--keep`` directory), so its lines never mix with the demo's.
 The default district (``etc/scenarios/demo.toml``) has its faults and anomalies timed to show
 within that minute.
 """

@@ -2,11 +2,19 @@
 
 Reads the collection ledger (meter x day x item) from the spool, read-only, so it is safe
 while the daemon runs. For every meter: each item's state (``done``, ``failed``,
-``pending``), how many attempts it took and the last error. For every district: meters,
-meters complete, items done of all items and the success rate ``done / total`` rounded
-half-even to four places — the figure the daemon itself reports (``Spool.ledger_summary``).
-Districts come from the configuration (``[[meter]] district``, else ``[gateway] district``);
-with ``--spool`` alone every meter counts in one district, ``all``.
+``pending``), how many attempts it took and the last error. For every district, counted in
+meters first (the meters the day's ledger holds):
+
+* the success rate (采集成功率): the share of meters whose daily frozen reading of the day is
+  collected, rounded half-even to four places — the figure the daemon exports as
+  ``amigw_collection_success_ratio`` for today;
+* meters complete: every ledger item the meter owes for the day is done — what the daemon's
+  status line (``systemctl status``) counts;
+
+then in ledger items: done, failed and pending of all items, and (in JSON) the items done rate
+``done / items`` (``Spool.ledger_summary``). Districts come from the configuration
+(``[[meter]] district``, else ``[gateway] district``); with ``--spool`` alone every meter
+counts in one district, ``all``.
 
 The day defaults to today in the gateway's time zone (from the configuration; with
 ``--spool``, ``--timezone`` or the system's). Exit status as ``amigw spool``.
@@ -24,6 +32,7 @@ from typing import Any, Final, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.clock import SystemClock
+from gateway.collector.plans import Item
 from protocols.render import dumps
 from spool.records import LedgerEntry, LedgerState
 
@@ -46,7 +55,8 @@ examples:
 class DistrictRate:
     district: str
     meters: int
-    meters_complete: int
+    meters_read: int  # meters whose daily frozen reading of the day is collected
+    meters_complete: int  # meters with every ledger item of the day done
     done: int
     failed: int
     pending: int
@@ -57,9 +67,19 @@ class DistrictRate:
 
     @property
     def success_rate(self) -> Decimal | None:
-        if not self.items:
-            return None
-        return (Decimal(self.done) / Decimal(self.items)).quantize(_RATE_PLACES, ROUND_HALF_EVEN)
+        """采集成功率: meters read of all meters, as ``amigw_collection_success_ratio``."""
+        return _ratio(self.meters_read, self.meters)
+
+    @property
+    def items_done_rate(self) -> Decimal | None:
+        """Ledger items done of all items, as ``Spool.ledger_summary`` counts them."""
+        return _ratio(self.done, self.items)
+
+
+def _ratio(part: int, whole: int) -> Decimal | None:
+    if not whole:
+        return None
+    return (Decimal(part) / Decimal(whole)).quantize(_RATE_PLACES, ROUND_HALF_EVEN)
 
 
 def rates(entries: list[LedgerEntry], district_of: dict[str, str]) -> list[DistrictRate]:
@@ -75,6 +95,13 @@ def rates(entries: list[LedgerEntry], district_of: dict[str, str]) -> list[Distr
             DistrictRate(
                 district=name,
                 meters=len(meters),
+                meters_read=sum(
+                    any(
+                        e.item == Item.DAILY_FROZEN.value and e.state is LedgerState.DONE
+                        for e in items
+                    )
+                    for items in meters.values()
+                ),
                 meters_complete=sum(
                     all(e.state is LedgerState.DONE for e in items) for items in meters.values()
                 ),
@@ -165,12 +192,14 @@ def ledger_json(
             {
                 "district": r.district,
                 "meters": r.meters,
+                "meters_read": r.meters_read,
+                "success_rate": r.success_rate,
                 "meters_complete": r.meters_complete,
                 "items": r.items,
                 "done": r.done,
                 "failed": r.failed,
                 "pending": r.pending,
-                "success_rate": r.success_rate,
+                "items_done_rate": r.items_done_rate,
             }
             for r in by_district
         ],
@@ -196,9 +225,9 @@ def _print_text(
     for r in by_district:
         rate = "-" if r.success_rate is None else f"{r.success_rate:.2%}"
         print(
-            f"  district {r.district}: {r.meters_complete}/{r.meters} meters complete, "
-            f"items {r.done} done, {r.failed} failed, {r.pending} pending of {r.items}; "
-            f"success {rate}",
+            f"  district {r.district}: success {rate} ({r.meters_read}/{r.meters} meters with "
+            f"the daily frozen reading), {r.meters_complete}/{r.meters} meters complete; "
+            f"items {r.done} done, {r.failed} failed, {r.pending} pending of {r.items}",
             file=out,
         )
     by_meter: dict[str, list[LedgerEntry]] = defaultdict(list)
