@@ -105,11 +105,12 @@ _STEPS: Final = (
     _Step(EvictionClass.FROZEN, "alarms", "alarms", "1"),
 )
 
-# The highest id of a stream that was acknowledged with everything below it: below the first
-# open batch, or (no batch open) up to the cursor.
-_SENT_BOUND: Final = (
-    "SELECT coalesce((SELECT min(first_id) - 1 FROM outbox_batches WHERE stream = ?), "
-    "(SELECT taken FROM outbox_cursor WHERE stream = ?))"
+# A record is sent when it was cut (at or below the cursor) and no open batch covers it: open
+# batches are those not acknowledged yet, and those a resend reopened over old records.
+_SENT: Final = (
+    " AND id <= (SELECT taken FROM outbox_cursor WHERE stream = ?) AND NOT EXISTS ("
+    "SELECT 1 FROM outbox_batches b WHERE b.stream = ? AND b.first_id <= {table}.id "
+    "AND b.last_id >= {table}.id)"
 )
 #: bytes the spool uses: its pages in use, and the JSON of prepared batches (spool.prepared)
 USED_BYTES: Final = (
@@ -304,11 +305,8 @@ class Caps:
             bound_clause = ""
             params: list[object] = []
             if step.klass is EvictionClass.SENT:
-                cursor = await conn.execute(_SENT_BOUND, (step.stream, step.stream))
-                row = await cursor.fetchone()
-                bound = int(row[0]) if row is not None and row[0] is not None else 0
-                bound_clause = " AND id <= ?"
-                params.append(bound)
+                bound_clause = _SENT.format(table=step.table)
+                params.extend((step.stream, step.stream))
             params.append(chunk)
             # Table names and conditions come from _STEPS above; every value is bound.
             cursor = await conn.execute(

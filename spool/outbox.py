@@ -26,8 +26,8 @@ same records. Such batches cover only runs of ids that all match, so rendering b
 sends nothing else; the cursor and the drain's "dense ids" state are left alone. The drain
 hands them out with its next cut (:meth:`Outbox.take` also returns open batches numbered above
 any this outbox knew of), and after a restart they are open batches like any other. While
-one is open, statistics count the unsent records from its first id, and eviction treats the
-records from there on as unsent.
+one is open, statistics count its records as unsent (and the oldest unsent record is its
+first), and eviction keeps them with the unsent ones.
 
 Batches are turned into JSON by :mod:`spool.render`; the streams and batch records are in
 :mod:`spool.streams` (re-exported here).
@@ -108,14 +108,18 @@ _SETUP: Final = (
     "DELETE FROM ledger_changes WHERE id BETWEEN OLD.first_id AND OLD.last_id; END",
 )
 _ACK: Final = "DELETE FROM outbox_batches WHERE seq IN (SELECT value FROM json_each(?))"
-# Records from id ?1 on, and the first one's time. Ids only grow, so the id span on either side
-# of ?1 tells which side is smaller; that side is scanned (only the needed branch runs).
+# Per stream: records waiting (from id ?1 = cursor + 1 on), records in open batches (as cut),
+# and the time the first unsent record (from id ?2 on) was made. Ids only grow, so the id span
+# on either side of ?1 tells which side is smaller; that side is scanned (only the needed branch
+# runs). Open batches are counted, not the ids from the first of them: a resend reopens old
+# records without making everything after them unsent.
 _UNSENT: Final = (
     "SELECT CASE WHEN ?1 - coalesce((SELECT min(id) FROM {table}), ?1) "
     "<= coalesce((SELECT max(id) FROM {table}), ?1) - ?1 "
     "THEN (SELECT count(*) FROM {table}) - (SELECT count(*) FROM {table} WHERE id < ?1) "
     "ELSE (SELECT count(*) FROM {table} WHERE id >= ?1) END, "
-    "(SELECT {made} FROM {table} WHERE id >= ?1 ORDER BY id LIMIT 1)"
+    "(SELECT coalesce(sum(records), 0) FROM outbox_batches WHERE stream = ?3), "
+    "(SELECT {made} FROM {table} WHERE id >= ?2 ORDER BY id LIMIT 1)"
 )
 _BATCH_COLUMNS: Final = "seq, stream, first_id, last_id, records, created_us"
 # One row, one column per stream (in STREAM_ORDER).
@@ -536,12 +540,13 @@ class Outbox:
         unsent: dict[Stream, int] = {}
         oldest: datetime | None = None
         for stream in STREAM_ORDER:
-            first = await self._first_unsent(stream)
+            waiting_from, first = await self._first_unsent(stream)
             rows = await self._spool._fetch(
-                _UNSENT.format(table=TABLES[stream], made=_MADE[stream]), (first,)
+                _UNSENT.format(table=TABLES[stream], made=_MADE[stream]),
+                (waiting_from, first, stream.value),
             )
-            count, made = rows[0]
-            unsent[stream] = int(count)
+            waiting, in_batches, made = rows[0]
+            unsent[stream] = int(waiting) + int(in_batches)
             if made is not None:
                 moment = datetime.fromisoformat(made)
                 if oldest is None or moment < oldest:
@@ -567,13 +572,15 @@ class Outbox:
             return False
         return not await self.waiting(1)
 
-    async def _first_unsent(self, stream: Stream) -> int:
+    async def _first_unsent(self, stream: Stream) -> tuple[int, int]:
+        """The first id waiting to be cut, and the first id not acknowledged."""
         rows = await self._spool._fetch(
-            "SELECT coalesce((SELECT min(first_id) FROM outbox_batches WHERE stream = ?), "
-            "(SELECT taken FROM outbox_cursor WHERE stream = ?) + 1)",
-            (stream.value, stream.value),
+            "SELECT (SELECT taken FROM outbox_cursor WHERE stream = ?1) + 1, "
+            "min((SELECT taken FROM outbox_cursor WHERE stream = ?1) + 1, "
+            "coalesce((SELECT min(first_id) FROM outbox_batches WHERE stream = ?1), 1 << 62))",
+            (stream.value,),
         )
-        return int(rows[0][0])
+        return int(rows[0][0]), int(rows[0][1])
 
 
 class _transaction:  # noqa: N801 - used like a function

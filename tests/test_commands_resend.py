@@ -19,6 +19,7 @@ from spool import (
     Alarm,
     Batch,
     Event,
+    EvictionClass,
     Outbox,
     Quality,
     Reading,
@@ -286,3 +287,30 @@ async def test_a_large_resend_is_handed_out_a_window_at_a_time_each_batch_once(
             fresh += sum(b.count for b in take.rendered if b.seq not in resent)
         assert handed == [b.seq for b in done.batches]
         assert fresh == 6
+
+
+async def test_an_open_resend_counts_its_records_only_and_leaves_the_rest_evictable(
+    tmp_path: Path,
+) -> None:
+    async with Spool.connect(tmp_path / "spool.sqlite") as spool:
+        await spool.write_readings(day_readings(10))  # 30 readings, ids 1..30
+        outbox = Outbox(spool)
+        await drain(outbox)
+        assert (await outbox.statistics()).unsent[Stream.READINGS] == 0
+        # Day 0 again (ids 1..3), and two readings not cut yet.
+        done = await outbox.requeue(
+            start=T0, end=T0 + timedelta(days=1), max_records=100, batch_records=5, now=NOW
+        )
+        assert [(b.first_id, b.last_id) for b in done.batches] == [(1, 3)]
+        await spool.write_readings(day_readings(11)[30:32])
+        stats = await outbox.statistics()
+        # The three reopened and the two waiting: not everything from id 1 on.
+        assert stats.unsent[Stream.READINGS] == 5
+        assert stats.oldest_unsent == NOW  # the reopened records' read time
+        # Everything must go (a cap of one byte): the sent records after the reopened ones go
+        # as sent, the reopened and the waiting ones only with the unsent frozen data.
+        spool.caps.max_bytes = 1
+        report = await spool.caps.enforce()
+        assert report is not None
+        assert report.evicted[EvictionClass.SENT] == 27
+        assert report.evicted[EvictionClass.FROZEN] == 5
