@@ -25,6 +25,7 @@ from typing import Any, Final, Self
 
 from spool import codec
 from spool.errors import SpoolError, SpoolUnavailableError, SpoolVersionError, translate
+from spool.prepared import TOTALS, directory_of
 from spool.records import LedgerEntry, Reading
 from spool.schema import SCHEMA_VERSION
 from spool.streams import STREAM_ORDER, TABLES, Stream
@@ -90,6 +91,9 @@ class InspectStatistics:
     open_batches: int
     last_seq: int
     evicted: Mapping[str, int]
+    #: open batches written ahead while the broker was away (spool.prepared), and their bytes
+    prepared_batches: int = 0
+    prepared_bytes: int = 0
 
     @property
     def oldest_unsent(self) -> datetime | None:
@@ -198,8 +202,11 @@ class SpoolReader:
             )
         }
         outbox: dict[Stream, StreamDepth] = {}
-        open_batches = last_seq = 0
+        open_batches = last_seq = prepared_batches = prepared_bytes = 0
         evicted: dict[str, int] = {}
+        if self._has("outbox_prepared"):
+            count, size = self._fetch(TOTALS)[0]
+            prepared_batches, prepared_bytes = int(count), int(size)
         if self._has("outbox_batches"):
             for stream in STREAM_ORDER:
                 outbox[stream] = self._depth(stream)
@@ -217,6 +224,7 @@ class SpoolReader:
             label: _size(f"{self.path}{suffix}")
             for label, suffix in (("db", ""), ("wal", "-wal"), ("shm", "-shm"))
         }
+        files["prepared"] = _directory_size(directory_of(Path(self.path)))
         return InspectStatistics(
             path=str(self.path),
             schema_version=self.schema_version,
@@ -227,6 +235,8 @@ class SpoolReader:
             open_batches=open_batches,
             last_seq=last_seq,
             evicted=MappingProxyType(evicted),
+            prepared_batches=prepared_batches,
+            prepared_bytes=prepared_bytes,
         )
 
     def _table_bytes(self) -> dict[str, int] | None:
@@ -392,3 +402,12 @@ def _size(path: str) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return 0
+
+
+def _directory_size(directory: Path) -> int:
+    """Bytes of the files in ``directory`` (0 when it does not exist)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    return sum(_size(str(directory / name)) for name in names)

@@ -119,6 +119,31 @@ def test_stats_match_the_store(
     assert "open batches 4, last seq 5" in text
 
 
+def test_stats_show_batches_prepared_while_the_broker_was_away(
+    built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = _copy(built, tmp_path)
+
+    async def prepare() -> int:
+        spool, outbox = await _expected(copy)
+        try:
+            done = await outbox.prepare(max_batches=3, max_records=10, now=dt.datetime.now(dt.UTC))
+            assert done.batches == 3
+            return done.bytes
+        finally:
+            await spool.close()
+
+    size = asyncio.run(prepare())
+    status, out, _ = _run(["spool", "stats", "--spool", str(copy), "--json"], capsys)
+    assert status == 0
+    stats = json.loads(out)
+    assert stats["open_batches"] == 4 + 3
+    assert (stats["prepared_batches"], stats["prepared_bytes"]) == (3, size)
+    assert stats["files"]["prepared"] == size
+    _, text, _ = _run(["spool", "stats", "--spool", str(copy)], capsys)
+    assert "open batches 7 (3 prepared, " in text
+
+
 def test_export_csv_values_equal_the_stored_decimals(
     built: Built, capsys: pytest.CaptureFixture[str]
 ) -> None:

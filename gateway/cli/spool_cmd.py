@@ -222,6 +222,8 @@ def stats_json(stats: InspectStatistics, now: datetime) -> dict[str, Any]:
             for s, d in stats.outbox.items()
         },
         "open_batches": stats.open_batches,
+        "prepared_batches": stats.prepared_batches,
+        "prepared_bytes": stats.prepared_bytes,
         "last_seq": stats.last_seq,
         "oldest_unsent": None if oldest is None else oldest.isoformat(),
         "oldest_unsent_age_s": None if oldest is None else int((now - oldest).total_seconds()),
@@ -246,8 +248,14 @@ def _print_stats(stats: InspectStatistics, now: datetime, out: TextIO) -> None:
         print(f"  outbox unsent: {depth}", file=out)
         oldest = stats.oldest_unsent
         age = "-" if oldest is None else f"{_age(now - oldest)} (since {oldest.isoformat()})"
+        prepared = (
+            f" ({stats.prepared_batches} prepared, {_bytes(stats.prepared_bytes)})"
+            if stats.prepared_batches
+            else ""
+        )
         print(
-            f"  open batches {stats.open_batches}, last seq {stats.last_seq}, oldest unsent {age}",
+            f"  open batches {stats.open_batches}{prepared}, last seq {stats.last_seq}, "
+            f"oldest unsent {age}",
             file=out,
         )
     evicted = ", ".join(f"{k} {n}" for k, n in stats.evicted.items()) or "none"
