@@ -26,7 +26,8 @@ import pytest
 
 from gateway.uplink.payloads import parse_batch
 from spool import Spool
-from tests.broker import Broker, Delivery, Subscriber, requires_mosquitto, spool_keys
+from spool.prepared import directory_of
+from tests.broker import Broker, Delivery, Subscriber, free_port, requires_mosquitto, spool_keys
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, requires_mosquitto]
 
@@ -141,3 +142,52 @@ async def test_sigkill_during_ingest_and_drain_loses_nothing(
         f"{len(stored['readings'])} readings, {len(delivery.seqs)} batches delivered, "
         f"{len(delivery.duplicated)} delivered more than once"
     )
+
+
+async def prepared_rows(path: Path) -> int:
+    async with aiosqlite.connect(path) as conn:
+        rows = list(await conn.execute_fetchall("SELECT count(*) FROM outbox_prepared"))
+    return int(rows[0][0])
+
+
+async def test_sigkill_while_preparing_during_an_outage_loses_nothing(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Killed again and again while the broker is away and batches are prepared (segment bytes
+    written, fsynced, their index committed, or not yet): then the broker is back, and every
+    committed record arrives once, in order, from the segments or rendered again."""
+    path = tmp_path / "spool.sqlite"
+    async with Spool.connect(path):
+        pass
+    rng = random.Random(0x5E6)
+    dead = free_port()  # no broker listens here: the children prepare
+    committed: set[int] = set()
+    seen_prepared = 0
+    deadline = time.monotonic() + BUDGET_S / 2
+    for trial in range(MAX_TRIALS):
+        if trial >= MIN_TRIALS and time.monotonic() > deadline:
+            break
+        start = await next_batch(path)
+        process = await child(path, dead, start, "outage")
+        await asyncio.sleep(rng.uniform(0.3, 1.2))
+        process.send_signal(signal.SIGKILL)
+        out, err = await process.communicate()
+        assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]
+        done, _ = parse(out)
+        committed |= done
+        seen_prepared = max(seen_prepared, await prepared_rows(path))
+    assert seen_prepared > 0, "no trial got as far as preparing a batch"
+
+    async with Subscriber(broker, f"amigw/{GATEWAY}/#") as sub:
+        drain = await child(path, broker.port, 0, "drain")
+        out, err = await asyncio.wait_for(drain.communicate(), 30)
+        assert drain.returncode == 0, err.decode()[-2000:]
+        await sub.quiet(0.2)
+    stored = await spool_keys(path)
+    assert len(stored["readings"]) >= 30 * len(committed)
+    delivery = Delivery.of(sub.messages)  # asserts one batch per record, same bytes per seq
+    assert delivery.first_order["readings"] == stored["readings"]
+    assert not delivery.duplicated  # nothing reached a broker before this drain
+    assert await prepared_rows(path) == 0
+    assert not list(directory_of(path).iterdir())
+    print(f"{len(committed)} committed batches, up to {seen_prepared} prepared at a kill")

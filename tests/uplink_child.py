@@ -2,6 +2,8 @@
 process, collecting and forwarding at the same time, until it is killed.
 
     python tests/uplink_child.py SPOOL PORT START ingest   # write batches START, START+1, ...
+    python tests/uplink_child.py SPOOL PORT START outage   # the same, preparing at once (no
+                                                           # broker is expected on PORT)
     python tests/uplink_child.py SPOOL PORT 0 drain        # forward what is left, then exit 0
 
 Batch ``b`` is ``SIZE`` daily frozen readings filed at ``T0 + b`` minutes plus the ledger entry
@@ -66,11 +68,12 @@ async def main(path: str, port: int, start: int, mode: str) -> None:
         reconnect_max_s=0.2,
         drain_records_per_s=0,
         keepalive_s=5,
+        prepare_after_s=0 if mode == "outage" else 30,
     )
     async with Spool.connect(path) as spool:
         uplink = Uplink(config, GATEWAY, spool, SystemClock(), on_acknowledged=acknowledged)
         task = asyncio.create_task(uplink.run())
-        if mode == "ingest":
+        if mode in ("ingest", "outage"):
             rng = random.Random(start)
             b = start
             while not task.done():
