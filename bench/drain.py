@@ -220,19 +220,19 @@ async def drain_with_uplink(
                 done.set()
 
         uplink = Uplink(config, "bench-gw", spool, SystemClock(), on_acknowledged=on_acknowledged)
-        encode = uplink._encoder.encode
+        message = uplink._message
 
-        def capture(b: Batch) -> bytes:
-            payload = encode(b)
+        def capture(b: Batch) -> bytes | bytearray:
+            payload = message(b)
             recording.add(payload)
             return payload
 
-        def measure(b: Batch) -> bytes:
-            payload = encode(b)
+        def measure(b: Batch) -> bytes | bytearray:
+            payload = message(b)
             sizes.append(len(payload))
             return payload
 
-        uplink._encoder.encode = capture if outage is None else measure  # type: ignore[method-assign]
+        uplink._message = capture if outage is None else measure  # type: ignore[method-assign]
         serve = uplink._serve
         connected: list[float] = []
 

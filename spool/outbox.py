@@ -250,8 +250,17 @@ class Outbox:
     rendering is mostly allocation.) Statistics read through the spool.
     """
 
-    def __init__(self, spool: Spool, *, names: Callable[[str], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        names: Callable[[str], str | None] | None = None,
+        envelope: Callable[[Batch], bytes] | None = None,
+    ) -> None:
         self._spool = spool
+        # The whole message a batch is published as (records included as they are): what
+        # prepare() writes ahead. Without it there is nothing to prepare.
+        self._envelope = envelope
         self._renderer = Renderer(names)
         # Per stream, whether the last batches rendered right after their cut had every id of
         # their range (read and written on the worker's thread only).
@@ -459,10 +468,24 @@ class Outbox:
 
     def _render(self, conn: sqlite3.Connection, refs: Sequence[BatchRef]) -> list[Batch]:
         """Prepared batches read back, the others rendered from their records (worker)."""
-        ready = self._prepared.load(conn, refs)
+        ready = self._prepared.load(conn, refs, self._frame) if self._envelope else {}
         rest = [r for r in refs if r.seq not in ready]
         done = {b.seq: b for b in self._renderer.render(conn, rest)} if rest else {}
-        return [Batch(r, *ready[r.seq]) if r.seq in ready else done[r.seq] for r in refs]
+        return [
+            Batch(r, ready[r.seq][0], _NO_RECORDS, ready[r.seq][1])
+            if r.seq in ready
+            else done[r.seq]
+            for r in refs
+        ]
+
+    def _frame(self, ref: BatchRef, count: int) -> tuple[bytes, bytes]:
+        """The head and tail of ``ref``'s message with ``count`` records, as the envelope
+        makes it now (what a prepared message read back must start and end with)."""
+        assert self._envelope is not None
+        head, mark, tail = self._envelope(Batch(ref, count, _MARK)).partition(bytes(_MARK))
+        if not mark:
+            raise ValueError("the envelope does not carry the records as they are")
+        return head, tail
 
     # -- preparing while the broker is away -------------------------------------------------
 
@@ -476,6 +499,9 @@ class Outbox:
         """
         if max_batches <= 0 or max_records <= 0:
             raise ValueError("max_batches and max_records must be positive")
+        envelope = self._envelope
+        if envelope is None:
+            raise ValueError("an outbox without an envelope has nothing to prepare")
         created = codec.epoch_micros(codec.require_aware("now", now))
         # What a full prepare may add: ~0.5 kB a reading is a generous estimate.
         estimate = max_batches * max_records * 512
@@ -505,7 +531,7 @@ class Outbox:
                     return Prepare(0, 0, 0), []
                 batches = renderer.render(conn, refs)
                 _note_density(dense, batches)
-                size = prepared.store(conn, batches)
+                size = prepared.store(conn, [(b, envelope(b)) for b in batches])
             return Prepare(len(refs), sum(b.count for b in batches), size), [r.seq for r in refs]
 
         done, seqs = await self._call(job)
@@ -837,6 +863,9 @@ def _acknowledge(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
 
 T = TypeVar("T")
 
+_NO_RECORDS: Final = memoryview(b"")
+# Stands for the records when the envelope is asked for its head and tail.
+_MARK: Final = memoryview(b"\x00records\x00")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 

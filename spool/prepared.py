@@ -3,10 +3,11 @@ segment files beside the spool, so that a backlog drains at the speed of publish
 
 Rendering a batch is most of what a drain costs (:mod:`spool.render`). While the uplink is
 disconnected the outbox cuts full batches as records arrive and renders them straight away
-(:meth:`spool.outbox.Outbox.prepare`); their JSON goes here and an index row per batch goes into
+(:meth:`spool.outbox.Outbox.prepare`); each one's whole message (the uplink's envelope around
+the records, exactly what will be published) goes here and an index row per batch goes into
 ``outbox_prepared`` (segment, offset, size, records). When the broker is back, those batches
-are open batches like any other and are sent from here: read back with one ``pread`` per run of
-adjacent batches instead of rendered again.
+are open batches like any other and are sent from here: a run of adjacent batches is read with
+one ``preadv`` straight into a buffer per message, published as it is: no rendering, no copy.
 
 Prepared payloads are a cache of what the records render to, never the only copy: the records
 stay in their tables, and a batch with no index row (or whose bytes cannot be read back as
@@ -25,8 +26,10 @@ written) is rendered from them as before. That keeps the rules simple:
   before it evicts a single record (:mod:`spool.caps`); preparing stops short of the cap and
   leaves a share of the file system free (:data:`FREE_RESERVE`), so the cache can never be
   what fills the disk under the records it caches;
-* **reads are checked** — a batch read back must have its recorded size and be a run of JSON
-  objects (``{`` … ``}``); anything else is counted, logged and rendered from the records.
+* **reads are checked** — a message read back must have its recorded size and the envelope
+  this batch would get now (number, count, gateway and stream in its head; its tail); anything
+  else (a damaged file, a changed gateway id or payload format) is counted, logged and
+  rendered from the records.
 
 Segment files are ``<16 hex digits>.json`` in ``<spool file>-prepared/``, at most
 :data:`SEGMENT_BYTES` each. Everything here runs on the outbox's worker thread, with the
@@ -42,7 +45,7 @@ import logging
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -57,7 +60,10 @@ SEGMENT_BYTES: Final = 64 * 1024 * 1024
 #: preparing stops while less than this share of the file system would be left free
 FREE_RESERVE: Final = 0.2
 _SUFFIX: Final = ".json"
-_OPEN, _CLOSE = ord("{"), ord("}")
+#: buffers per preadv call (Linux's IOV_MAX is 1024)
+_IOV: Final = 512
+#: the head and tail a batch's message must have: the envelope around no records
+Frame = Callable[[BatchRef, int], tuple[bytes, bytes]]
 
 # One row for any number of batches (the worker's thread gives the interpreter back to the
 # event loop between rows, so a row per batch would cost a hand-over per batch).
@@ -121,18 +127,19 @@ class Prepared:
         free = fs.f_bavail * fs.f_frsize
         return free - incoming >= FREE_RESERVE * total
 
-    def store(self, conn: sqlite3.Connection, batches: Sequence[Batch]) -> int:
-        """Append the batches' JSON to the current segment, ``fsync`` it and insert their index
-        rows through ``conn`` (inside the caller's transaction, which commits them). Return the
-        bytes written. On a write error the segment is cut back and the error raised as a
-        :class:`~spool.errors.SpoolUnavailableError` (``SpoolFullError`` for a full disk)."""
-        wanted = [b for b in batches if b.count]
+    def store(self, conn: sqlite3.Connection, messages: Sequence[tuple[Batch, bytes]]) -> int:
+        """Append the batches' messages to the current segment, ``fsync`` it and insert their
+        index rows through ``conn`` (inside the caller's transaction, which commits them).
+        Return the bytes written. On a write error the segment is cut back and the error raised
+        as a :class:`~spool.errors.SpoolUnavailableError` (``SpoolFullError`` for a full
+        disk)."""
+        wanted = [(b, m) for b, m in messages if b.count]
         if not wanted:
             return 0
-        size = sum(len(b.records) for b in wanted)
+        size = sum(len(m) for _, m in wanted)
         fd, segment, start = self._writable(size)
         try:
-            _write_all(fd, [b.records for b in wanted])
+            _write_all(fd, [memoryview(m) for _, m in wanted])
             os.fsync(fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -143,9 +150,9 @@ class Prepared:
         self._dirty = True
         rows = []
         at = start
-        for batch in wanted:
-            rows.append((batch.seq, segment, at, len(batch.records), batch.count))
-            at += len(batch.records)
+        for batch, message in wanted:
+            rows.append((batch.seq, segment, at, len(message), batch.count))
+            at += len(message)
         conn.execute(_INSERT, (json.dumps(rows),))
         return size
 
@@ -168,34 +175,39 @@ class Prepared:
     # -- reading -------------------------------------------------------------------------------
 
     def load(
-        self, conn: sqlite3.Connection, refs: Sequence[BatchRef]
-    ) -> dict[int, tuple[int, memoryview]]:
-        """The prepared JSON of those of ``refs`` that have it: ``seq -> (records, json)``.
+        self, conn: sqlite3.Connection, refs: Sequence[BatchRef], frame: Frame
+    ) -> dict[int, tuple[int, bytearray]]:
+        """The prepared messages of those of ``refs`` that have one: ``seq -> (records,
+        message)``. ``frame(ref, records)`` is the head and tail the message must have.
 
-        A batch whose bytes are missing or not as recorded loses its index row (counted in
+        A batch whose bytes are missing or not as expected loses its index row (counted in
         :attr:`unreadable`, logged) and is left out, to be rendered from its records."""
         if not refs:
             return {}
-        (text,) = conn.execute(_INDEX, (json.dumps([r.seq for r in refs]),)).fetchone()
+        by_seq = {r.seq: r for r in refs}
+        (text,) = conn.execute(_INDEX, (json.dumps(list(by_seq)),)).fetchone()
         numbers = [int(n) for n in str(text or "").split()]
         entries = [_Entry(*numbers[i : i + 5]) for i in range(0, len(numbers), 5)]
-        out: dict[int, tuple[int, memoryview]] = {}
+        out: dict[int, tuple[int, bytearray]] = {}
         bad: list[_Entry] = []
         for run in _runs(entries):
-            first, last = run[0], run[-1]
             try:
-                data = self._read(first.segment, first.at, last.at + last.size - first.at)
+                buffers = self._read(run)
             except OSError as exc:
                 log.warning(
-                    "prepared segment %d unreadable (%s): rendering again", first.segment, exc
+                    "prepared segment %x unreadable (%s): rendering again", run[0].segment, exc
                 )
                 bad.extend(run)
                 continue
-            view = memoryview(data)
-            for entry in run:
-                piece = view[entry.at - first.at : entry.at - first.at + entry.size]
-                if len(piece) == entry.size and piece[0] == _OPEN and piece[-1] == _CLOSE:
-                    out[entry.seq] = (entry.records, piece)
+            for entry, message in zip(run, buffers, strict=True):
+                head, tail = frame(by_seq[entry.seq], entry.records)
+                if (
+                    message is not None
+                    and len(message) > len(head) + len(tail)
+                    and message.startswith(head)
+                    and message.endswith(tail)
+                ):
+                    out[entry.seq] = (entry.records, message)
                 else:
                     bad.append(entry)
         if bad:
@@ -210,12 +222,24 @@ class Prepared:
             )
         return out
 
-    def _read(self, segment: int, at: int, size: int) -> bytes:
-        fd = os.open(self._path(segment), os.O_RDONLY)
+    def _read(self, run: Sequence[_Entry]) -> list[bytearray | None]:
+        """The messages of a run of adjacent batches, each in a buffer of its own, read with
+        as few ``preadv`` calls as the kernel allows; None for one the file ends inside."""
+        buffers = [bytearray(e.size) for e in run]
+        done: list[bytearray | None] = []
+        fd = os.open(self._path(run[0].segment), os.O_RDONLY)
         try:
-            return os.pread(fd, size, at)
+            at = run[0].at
+            for start in range(0, len(buffers), _IOV):
+                chunk = buffers[start : start + _IOV]
+                got = os.preadv(fd, chunk, at)
+                for buffer in chunk:
+                    done.append(buffer if got >= len(buffer) else None)
+                    got -= len(buffer)
+                    at += len(buffer)
         finally:
             os.close(fd)
+        return done
 
     # -- housekeeping --------------------------------------------------------------------------
 

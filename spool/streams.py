@@ -48,11 +48,15 @@ class Batch:
     """A batch ready to publish: ``records`` is its records as UTF-8 JSON objects joined by
     commas (what goes between ``[`` and ``]``; a view into the rendered group, copied only
     into the payload), ``count`` how many there are now (fewer than ``ref.records`` if some
-    were evicted since the batch was cut)."""
+    were evicted since the batch was cut). A batch prepared ahead comes as its ``payload``
+    instead."""
 
     ref: BatchRef
     count: int
     records: memoryview
+    #: the whole message, envelope included, when it was prepared ahead (spool.prepared):
+    #: published as it is (``records`` is then empty)
+    payload: bytes | bytearray | None = None
 
     @property
     def seq(self) -> int:

@@ -22,6 +22,7 @@ import pytest
 
 from gateway.cli import build_parser, main
 from gateway.cli.spool_cmd import CSV_COLUMNS
+from gateway.uplink.payloads import BatchEncoder
 from spool import SCHEMA_VERSION, BatchRef, Outbox, Spool, Stream
 
 from .districts import config_text, scenario_from
@@ -125,7 +126,8 @@ def test_stats_show_batches_prepared_while_the_broker_was_away(
     copy = _copy(built, tmp_path)
 
     async def prepare() -> int:
-        spool, outbox = await _expected(copy)
+        spool = await Spool.open(copy)
+        outbox = Outbox(spool, envelope=BatchEncoder("gw-cli").encode)
         try:
             done = await outbox.prepare(max_batches=3, max_records=10, now=dt.datetime.now(dt.UTC))
             assert done.batches == 3

@@ -20,13 +20,18 @@ import pytest
 import spool.prepared as prepared_module
 from drivers.clock import SystemClock
 from gateway.uplink import Uplink
-from gateway.uplink.payloads import parse_batch
+from gateway.uplink.payloads import BatchEncoder, parse_batch
 from spool import Batch, Outbox, Spool, SpoolFullError, Stream
 from spool.prepared import directory_of
 from tests.broker import Broker, Delivery, Subscriber, requires_mosquitto, spool_keys
 from tests.test_uplink_broker import GW, config, readings, records_on, running
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
+ENCODE = BatchEncoder(GW).encode
+
+
+def outbox_of(spool: Spool) -> Outbox:
+    return Outbox(spool, envelope=ENCODE)
 
 
 @pytest.fixture
@@ -50,7 +55,8 @@ def file_of(spool: Spool, seq: int) -> str:
 
 
 async def live(outbox: Outbox, batches: list[Batch]) -> list[bytes]:
-    """The same batches rendered from their records (their prepared rows set aside)."""
+    """The same batches rendered from their records (their prepared rows set aside), as the
+    uplink would publish them."""
     conn = sqlite3.connect(outbox._spool.path)
     saved = conn.execute("SELECT * FROM outbox_prepared").fetchall()
     conn.execute("DELETE FROM outbox_prepared")
@@ -61,12 +67,18 @@ async def live(outbox: Outbox, batches: list[Batch]) -> list[bytes]:
         conn.executemany("INSERT INTO outbox_prepared VALUES (?, ?, ?, ?, ?)", saved)
         conn.commit()
         conn.close()
-    return [bytes(b.records) for b in again]
+    assert all(b.payload is None for b in again)
+    return [ENCODE(b) for b in again]
+
+
+def published(batches: list[Batch]) -> list[bytes]:
+    """What the uplink publishes for these batches."""
+    return [bytes(b.payload) if b.payload is not None else ENCODE(b) for b in batches]
 
 
 async def test_prepare_writes_full_batches_ahead_byte_for_byte(spool: Spool) -> None:
     await spool.write_readings(readings(0, 530))
-    async with Outbox(spool) as outbox:
+    async with outbox_of(spool) as outbox:
         done = await outbox.prepare(max_batches=20, max_records=50, now=NOW)
         # Full batches only: the 30 left over wait for more records (or for the broker).
         assert (done.batches, done.records, done.held) == (10, 500, None)
@@ -81,7 +93,8 @@ async def test_prepare_writes_full_batches_ahead_byte_for_byte(spool: Spool) -> 
         refs = await outbox.open_batches()
         read_back = await outbox.render(refs)
         assert [b.count for b in read_back] == [50] * 10
-        assert [bytes(b.records) for b in read_back] == await live(outbox, read_back)
+        assert all(isinstance(b.payload, bytearray) for b in read_back)  # read, not rendered
+        assert published(read_back) == await live(outbox, read_back)
         # Prepared by this outbox and never handed out: a first send, asked once.
         assert outbox.first_send(refs[0].seq)
         assert not outbox.first_send(refs[0].seq)
@@ -94,7 +107,7 @@ async def test_acknowledged_batches_take_their_segment_files_along(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await spool.write_readings(readings(0, 400))
-    async with Outbox(spool) as outbox:
+    async with outbox_of(spool) as outbox:
         monkeypatch.setattr(prepared_module, "SEGMENT_BYTES", 1)  # a segment per prepare call
         await outbox.prepare(max_batches=4, max_records=50, now=NOW)
         await outbox.prepare(max_batches=4, max_records=50, now=NOW)
@@ -116,7 +129,7 @@ async def test_a_prepared_batch_not_as_written_is_rendered_from_its_records(
     spool: Spool, caplog: pytest.LogCaptureFixture
 ) -> None:
     await spool.write_readings(readings(0, 300))
-    async with Outbox(spool) as outbox:
+    async with outbox_of(spool) as outbox:
         await outbox.prepare(max_batches=6, max_records=50, now=NOW)
         refs = await outbox.open_batches()
         expected = await live(outbox, await outbox.render(refs))
@@ -126,13 +139,26 @@ async def test_a_prepared_batch_not_as_written_is_rendered_from_its_records(
         data[first] = ord("x")  # the second batch no longer starts an object
         path.write_bytes(data[: len(data) - 10])  # and the last one is cut short
         again = await outbox.render(refs)
-        assert [bytes(b.records) for b in again] == expected
+        assert published(again) == expected
         assert outbox._prepared.unreadable == 2
         assert (await outbox.statistics()).prepared_batches == 4
         assert "2 prepared batch(es) not as written" in caplog.text
         path.unlink()  # the whole segment gone: everything is rendered again
-        assert [bytes(b.records) for b in await outbox.render(refs)] == expected
+        assert published(await outbox.render(refs)) == expected
         assert (await outbox.statistics()).prepared_batches == 0
+
+
+async def test_a_prepared_message_in_another_envelope_is_rendered_again(spool: Spool) -> None:
+    await spool.write_readings(readings(0, 150))
+    async with outbox_of(spool) as outbox:
+        await outbox.prepare(max_batches=3, max_records=50, now=NOW)
+    # The gateway's id changed in the configuration: the messages written ahead carry the old.
+    renamed = BatchEncoder("gw-renamed").encode
+    async with Outbox(spool, envelope=renamed) as outbox:
+        again = await outbox.render(await outbox.open_batches())
+        assert [b.payload for b in again] == [None] * 3
+        assert outbox._prepared.unreadable == 3
+        assert all(b'"gateway":"gw-renamed"' in renamed(b) for b in again)
 
 
 async def test_leftovers_are_swept_and_a_new_process_never_appends_to_an_old_segment(
@@ -141,13 +167,13 @@ async def test_leftovers_are_swept_and_a_new_process_never_appends_to_an_old_seg
     path = tmp_path / "spool.sqlite"
     async with Spool.connect(path) as spool:
         await spool.write_readings(readings(0, 200))
-        async with Outbox(spool) as outbox:
+        async with outbox_of(spool) as outbox:
             await outbox.prepare(max_batches=2, max_records=50, now=NOW)
         # A crash between writing bytes and committing their rows leaves a file no row needs.
         (old,) = segments(spool)
         stray = f"{7:016x}.json"
         (directory_of(path) / stray).write_bytes(b'{"half":')
-    async with Spool.connect(path) as spool, Outbox(spool) as outbox:
+    async with Spool.connect(path) as spool, outbox_of(spool) as outbox:
         assert segments(spool) == sorted([old, stray])
         await outbox.prepare(max_batches=2, max_records=50, now=NOW)
         refs = await outbox.open_batches()
@@ -157,7 +183,7 @@ async def test_leftovers_are_swept_and_a_new_process_never_appends_to_an_old_seg
         assert segments(spool) == sorted([old, new])
         assert len(refs) == 4
         rendered = await outbox.render(refs)
-        assert [bytes(b.records) for b in rendered] == await live(outbox, rendered)
+        assert published(rendered) == await live(outbox, rendered)
         # Batches prepared by another process are resent as far as this one knows.
         assert not outbox.first_send(refs[0].seq)
         assert outbox.first_send(refs[2].seq)
@@ -167,7 +193,7 @@ async def test_a_full_disk_fails_the_prepare_and_loses_nothing(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await spool.write_readings(readings(0, 200))
-    async with Outbox(spool) as outbox:
+    async with outbox_of(spool) as outbox:
         await outbox.prepare(max_batches=1, max_records=50, now=NOW)
         (name,) = segments(spool)
         size = (directory_of(spool.path) / name).stat().st_size
@@ -196,7 +222,7 @@ async def test_preparing_leaves_the_disk_its_reserve(
 ) -> None:
     await spool.write_readings(readings(0, 100))
     monkeypatch.setattr(prepared_module, "FREE_RESERVE", 1.0)
-    async with Outbox(spool) as outbox:
+    async with outbox_of(spool) as outbox:
         done = await outbox.prepare(max_batches=2, max_records=50, now=NOW)
         assert (done.batches, done.held) == (0, "disk")
         assert await outbox.waiting(1000) == {Stream.READINGS: 100}
@@ -208,7 +234,7 @@ async def test_the_cap_counts_prepared_bytes_and_drops_them_before_any_record(
     async with Spool.connect(tmp_path / "spool.sqlite") as spool:
         await spool.write_readings(readings(0, 1000))
         used = await spool.caps.used_bytes()
-        async with Outbox(spool) as outbox:
+        async with outbox_of(spool) as outbox:
             done = await outbox.prepare(max_batches=10, max_records=50, now=NOW)
             assert done.batches == 10
             assert await spool.caps.used_bytes() == used + done.bytes

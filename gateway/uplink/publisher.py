@@ -125,10 +125,10 @@ class Uplink:
         self.clock = clock
         self.timer: Timer = timer or RealTimer()
         self.topics = Topics(config.prefix, gateway)
-        self.outbox = Outbox(spool, names=names)
+        self._encoder = BatchEncoder(gateway)
+        self.outbox = Outbox(spool, names=names, envelope=self._encoder.encode)
         self.version = version
         self._rng = rng or random.Random()
-        self._encoder = BatchEncoder(gateway)
         self._pacer = Pacer(
             config.drain_records_per_s, burst=config.batch_max_records, timer=self.timer
         )
@@ -362,7 +362,7 @@ class Uplink:
             await window.wait_free()
         if self.stopping:
             return
-        payload = self._encoder.encode(batch)
+        payload = self._message(batch)
         # The entry keeps the payload, not the records: they are a view into the whole group
         # rendered with them, which can go once every batch of it is encoded.
         entry = InFlight(Batch(batch.ref, batch.count, _SENT), payload, self.timer.monotonic())
@@ -370,6 +370,10 @@ class Uplink:
         entry.task = tasks.create_task(self._publish(session, window, entry))
         if resend:
             self._counts["resent"] += 1
+
+    def _message(self, batch: Batch) -> bytes | bytearray:
+        """What ``batch`` is published as: prepared ahead, or its records in the envelope."""
+        return batch.payload if batch.payload is not None else self._encoder.encode(batch)
 
     async def _publish(self, session: Session, window: Window, entry: InFlight) -> None:
         await session.publish(self.topics.stream(entry.batch.stream), entry.payload, qos=1)

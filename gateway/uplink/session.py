@@ -148,7 +148,7 @@ class Session:
             await client.__aexit__(None, None, None)
 
     async def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self, topic: str, payload: bytes | bytearray, *, qos: int = 1, retain: bool = False
     ) -> None:
         """Publish; with QoS 1 this returns once the broker's PUBACK arrived."""
         with _mapped(f"publish to {topic}"):

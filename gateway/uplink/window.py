@@ -18,7 +18,7 @@ from spool import Batch
 @dataclass(slots=True)
 class InFlight:
     batch: Batch
-    payload: bytes
+    payload: bytes | bytearray
     sent_at: float
     published: bool = False  # the broker's PUBACK arrived
     task: asyncio.Task[None] | None = field(default=None, repr=False)
