@@ -531,7 +531,7 @@ class Outbox:
                     return Prepare(0, 0, 0), []
                 batches = renderer.render(conn, refs)
                 _note_density(dense, batches)
-                size = prepared.store(conn, [(b, envelope(b)) for b in batches])
+                size = prepared.store(conn, ((b, envelope(b)) for b in batches))
             return Prepare(len(refs), sum(b.count for b in batches), size), [r.seq for r in refs]
 
         done, seqs = await self._call(job)

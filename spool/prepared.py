@@ -31,9 +31,9 @@ written) is rendered from them as before. That keeps the rules simple:
   else (a damaged file, a changed gateway id or payload format) is counted, logged and
   rendered from the records.
 
-Segment files are ``<16 hex digits>.json`` in ``<spool file>-prepared/``, at most
-:data:`SEGMENT_BYTES` each. Everything here runs on the outbox's worker thread, with the
-worker's connection.
+Segment files are ``<16 hex digits>.json`` in ``<spool file>-prepared/``, at most about
+:data:`SEGMENT_BYTES` each (a call that crosses it finishes in the segment it began in).
+Everything here runs on the outbox's worker thread, with the worker's connection.
 """
 
 from __future__ import annotations
@@ -127,34 +127,38 @@ class Prepared:
         free = fs.f_bavail * fs.f_frsize
         return free - incoming >= FREE_RESERVE * total
 
-    def store(self, conn: sqlite3.Connection, messages: Sequence[tuple[Batch, bytes]]) -> int:
-        """Append the batches' messages to the current segment, ``fsync`` it and insert their
-        index rows through ``conn`` (inside the caller's transaction, which commits them).
-        Return the bytes written. On a write error the segment is cut back and the error raised
-        as a :class:`~spool.errors.SpoolUnavailableError` (``SpoolFullError`` for a full
-        disk)."""
-        wanted = [(b, m) for b, m in messages if b.count]
-        if not wanted:
-            return 0
-        size = sum(len(m) for _, m in wanted)
-        fd, segment, start = self._writable(size)
+    def store(self, conn: sqlite3.Connection, messages: Iterable[tuple[Batch, bytes]]) -> int:
+        """Append the batches' messages to the current segment (each written as it comes, so
+        only one is held at a time), ``fsync`` it and insert their index rows through ``conn``
+        (inside the caller's transaction, which commits them). Return the bytes written. On a
+        write error the segment is cut back and the error raised as a
+        :class:`~spool.errors.SpoolUnavailableError` (``SpoolFullError`` for a full disk)."""
+        fd: int | None = None
+        segment = start = at = 0
+        rows: list[tuple[int, int, int, int, int]] = []
         try:
-            _write_all(fd, [memoryview(m) for _, m in wanted])
+            for batch, message in messages:
+                if not batch.count:
+                    continue
+                if fd is None:
+                    fd, segment, start = self._writable(len(message))
+                    at = start
+                _write_all(fd, [memoryview(message)])
+                rows.append((batch.seq, segment, at, len(message), batch.count))
+                at += len(message)
+            if fd is None:
+                return 0
             os.fsync(fd)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)
-            self.close()  # a fresh segment next time: this one's end is uncertain
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                self.close()  # a fresh segment next time: this one's end is uncertain
             raise _unavailable(self.directory, exc) from exc
-        self._size = start + size
+        self._size = at
         self._dirty = True
-        rows = []
-        at = start
-        for batch, message in wanted:
-            rows.append((batch.seq, segment, at, len(message), batch.count))
-            at += len(message)
         conn.execute(_INSERT, (json.dumps(rows),))
-        return size
+        return at - start
 
     def _writable(self, incoming: int) -> tuple[int, int, int]:
         if self._fd is not None and self._segment is not None:

@@ -134,22 +134,42 @@ class Feed:
 
     async def _produce(self, resend: list[BatchRef]) -> None:
         try:
-            # Open batches first, a window at a time and no further ahead than cuts (a backlog
-            # prepared while the broker was away can be thousands). A batch prepared by this
-            # outbox and never handed out is sent for the first time, not resent.
-            for start in range(0, len(resend), self.size):
-                while self._ahead >= AHEAD * self.size and not self.stop.is_set():
-                    self._taken.clear()
-                    await first_of(self._taken.wait(), self.stop.wait())
-                if self.stop.is_set():
-                    break
-                batches = await self._render(resend[start : start + self.size])
-                self._ahead += len(batches)
-                first = self.outbox.first_send
-                self._out.put_nowait([(batch, not first(batch.seq)) for batch in batches])
+            await self._read_ahead(resend)
             await self._cut_ahead()
         finally:
             self._out.put_nowait(None)
+
+    async def _read_ahead(self, resend: list[BatchRef]) -> None:
+        """Open batches first, a window at a time and no further ahead than cuts (a backlog
+        prepared while the broker was away can be thousands), with the next read queued on the
+        worker before the last one is back. A batch prepared by this outbox and never handed
+        out is sent for the first time, not resent."""
+        pending: deque[tuple[asyncio.Future[list[Batch]], int]] = deque()
+        index = 0
+        try:
+            while index < len(resend) or pending:
+                while index < len(resend) and len(pending) < 2 and not self.stop.is_set():
+                    reading = sum(n for _, n in pending)
+                    if self._ahead + reading >= AHEAD * self.size:
+                        break
+                    chunk = resend[index : index + self.size]
+                    index += len(chunk)
+                    pending.append((asyncio.ensure_future(self._render(chunk)), len(chunk)))
+                if not pending:
+                    if self.stop.is_set():
+                        return
+                    # Far enough ahead of the sender: wait until it takes some.
+                    self._taken.clear()
+                    await first_of(self._taken.wait(), self.stop.wait())
+                    continue
+                batches = await pending[0][0]
+                pending.popleft()
+                self._ahead += len(batches)
+                first = self.outbox.first_send
+                self._out.put_nowait([(batch, not first(batch.seq)) for batch in batches])
+        finally:
+            for task, _ in pending:
+                task.cancel()
 
     async def _cut_ahead(self) -> None:
         max_age = self.config.batch_max_age_s

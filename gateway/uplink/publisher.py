@@ -66,6 +66,9 @@ _STOP_GRACE_S: Final = 10.0
 ACK_DELAY_S: Final = 0.05
 #: preparing waits this long after it failed (a full disk, say) or was held back for room
 PREPARE_RETRY_S: Final = 60.0
+#: batches prepared per call at most: what one call holds in memory (~2 MB of 200-reading
+#: batches), and how long it holds the spool's write lock
+PREPARE_BATCHES: Final = 20
 _SENT: Final = memoryview(b"")
 
 
@@ -446,6 +449,7 @@ class Uplink:
         ended = asyncio.ensure_future(first_of(self._stop.wait(), self._closing.wait()))
         held: str | None = None
         failures = 0
+        per_call = min(self.config.window, PREPARE_BATCHES)
         seen = self.spool.write_count
         try:
             while not ended.done():
@@ -463,7 +467,7 @@ class Uplink:
                 started = self.timer.monotonic()
                 try:
                     done = await self.outbox.prepare(
-                        max_batches=self.config.window,
+                        max_batches=per_call,
                         max_records=self.config.batch_max_records,
                         now=self.clock.now(),
                     )
@@ -485,8 +489,8 @@ class Uplink:
                         held = done.held
                     if held is not None:
                         pause = PREPARE_RETRY_S
-                    elif done.batches >= self.config.window:
-                        continue  # a backlog: the next window at once
+                    elif done.batches >= per_call:
+                        continue  # a backlog: the next ones at once
                     else:
                         # Less than a window of full batches: wait for records, then look
                         # again no sooner than IDLE_POLL_S after this look.
