@@ -18,7 +18,7 @@ Back-fill is off (``catch_up_days = 0``), so the day is a steady-state day, not 
 through the ``Spool`` API, what a box that has run for N days holds: for each of the N days
 before the simulated one, the daily frozen values (forward and reverse registers) every
 simulated meter froze and its event counters, all acknowledged by the head-end, so the edge
-checks load a month of history and the uplink has nothing old to send. The simulated meters
+checks judge a month of history and the uplink has nothing old to send. The simulated meters
 warm up over the same days, so those values agree with what the daemon then reads.
 The daemon gets ``MALLOC_ARENA_MAX=2``, as ``systemd/amigw.service`` sets it. ``--keep DIR``
 keeps the logs and ``rss.csv`` (RSS and CPU every half second).

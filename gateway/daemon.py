@@ -20,6 +20,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from drivers.channel import ChannelSettings, Dlt645Channel
 from drivers.clock import Clock, ScaledClock, SystemClock
@@ -28,9 +29,6 @@ from drivers.link import Link, SerialSettings, serial_opener, tcp_opener
 from drivers.plc import PlcDriver, PlcSettings
 from gateway.checks import Checker
 from gateway.collector.collector import Collector, MeterAccess, RoundRunner
-from gateway.commands import CommandService, load_keys
-from gateway.commands.archive import overlay
-from gateway.commands.archive import plc_archive as planned_plc_archive
 from gateway.config import Config, Edition, SerialBusConfig, TcpBusConfig
 from gateway.logs import add_secrets
 from gateway.metrics import Metrics, publish_latency
@@ -47,6 +45,9 @@ from gateway.uplink import Uplink
 from protocols.bcd import Address
 from protocols.q13762 import ProtocolType
 from spool import CommandsStore, Event, JSONValue, Spool, SpoolFullError
+
+if TYPE_CHECKING:
+    from gateway.commands import CommandService
 
 log = logging.getLogger("amigw.daemon")
 
@@ -229,6 +230,10 @@ def _spellings(secret: bytes) -> tuple[str, ...]:
 async def make_commands(daemon: Daemon, headend: Callable[[], bool] | None) -> CommandService:
     """The head-end command service, fed by the uplink's ``cmd`` subscription; archive changes
     made by command earlier are laid over the configured meters first."""
+    # Imported here: a daemon without [commands] does not carry the command code (2.5 MB).
+    from gateway.commands import CommandService, load_keys  # noqa: PLC0415
+    from gateway.commands.archive import overlay  # noqa: PLC0415
+
     config = daemon.config
     keys = load_keys(config.commands.key_file)
     # Masked in every log line, however the key file spells them (hex or text).
@@ -260,6 +265,8 @@ async def build(config: Config, clock: Clock | None = None) -> Daemon:
     prepare: dict[str, Callable[[], Awaitable[bool]]] = {}
     plc = make_plc(config, clock)
     if plc is not None:
+        from gateway.commands.archive import plc_archive as planned_plc_archive  # noqa: PLC0415
+
         accesses["plc"] = plc
         prepare["plc"] = plc_preparer(
             plc, config, spool, clock, lambda: planned_plc_archive(collector.meters)

@@ -217,10 +217,12 @@ class ScanRow:
     values: Mapping[str, Any]
 
 
-def _scan_values(text: str) -> dict[str, Any]:
+def _scan_values(text: str, names: Collection[str] | None = None) -> dict[str, Any]:
     raw: dict[str, dict[str, Any]] = json.loads(text)
     out: dict[str, Any] = {}
     for name, item in raw.items():
+        if names is not None and name not in names:
+            continue
         value = item["v"]
         if isinstance(value, dict):
             value = Decimal(value[codec.DECIMAL_TAG])
@@ -249,6 +251,23 @@ class _Times:
                 moment = moment.replace(tzinfo=zone)
             self._seen[text] = moment
         return moment
+
+
+_KINDS: Final = {k.value: k for k in ReadingKind}
+_QUALITIES: Final = {q.value: q for q in Quality}
+
+
+def _scan_rows(
+    rows: Sequence[Sequence[Any]], names: Collection[str] | None = None
+) -> list[ScanRow]:
+    times = _Times()
+    return [
+        ScanRow(
+            int(r[0]), r[1], r[2], _KINDS[r[3]], times.parse(r[4]), times.parse(r[5]),
+            _QUALITIES[r[6]], _scan_values(r[7], names),
+        )
+        for r in rows
+    ]  # fmt: skip
 
 
 class ChecksStore:
@@ -535,14 +554,62 @@ class ChecksStore:
         rows = await self._spool._fetch(
             sql, (after_id, top, codec.epoch_seconds_ceil(since), *wanted, limit)
         )
+        return _scan_rows(rows)
+
+    async def scan_meters(
+        self,
+        meters: Collection[str],
+        *,
+        kinds: Collection[ReadingKind],
+        since: datetime,
+        until_id: int,
+        names: Collection[str] | None = None,
+    ) -> list[ScanRow]:
+        """Readings of ``meters`` of ``kinds`` with a data time at or after ``since`` and an id
+        at most ``until_id``, in id order (the ``(meter, di, data_epoch)`` key finds them);
+        with ``names``, only those values are decoded (the rest are left out)."""
+        wanted = sorted(ReadingKind(k).value for k in kinds)
+        chosen = sorted(meters)
+        if not wanted or not chosen:
+            return []
+        kind_marks = ", ".join("?" * len(wanted))
+        meter_marks = ", ".join("?" * len(chosen))
+        # Only "?" marks are joined into the statement; every value is bound.
+        sql = (
+            "SELECT id, meter, di, kind, data_time, read_time, quality, value_json FROM readings"  # noqa: S608
+            f" WHERE meter IN ({meter_marks}) AND data_epoch >= ? AND id <= ?"
+            f" AND kind IN ({kind_marks}) ORDER BY id"
+        )
+        rows = await self._spool._fetch(
+            sql, (*chosen, codec.epoch_seconds_ceil(since), until_id, *wanted)
+        )
+        return _scan_rows(rows, names)
+
+    async def scan_touched(
+        self,
+        *,
+        after_id: int,
+        until_id: int,
+        kinds: Collection[ReadingKind],
+        since: datetime,
+        limit: int = 50_000,
+    ) -> list[tuple[int, str, datetime, datetime]]:
+        """``(id, meter, data time, read time)`` of the readings :meth:`scan_readings` would
+        return, values left unread: what tells the checks which meters' history changed."""
+        wanted = sorted(ReadingKind(k).value for k in kinds)
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        sql = (
+            "SELECT id, meter, data_time, read_time FROM readings"  # noqa: S608
+            f" WHERE id > ? AND id <= ? AND data_epoch >= ? AND kind IN ({marks})"
+            " ORDER BY id LIMIT ?"
+        )
+        rows = await self._spool._fetch(
+            sql, (after_id, until_id, codec.epoch_seconds_ceil(since), *wanted, limit)
+        )
         times = _Times()
-        return [
-            ScanRow(
-                int(r[0]), r[1], r[2], ReadingKind(r[3]), times.parse(r[4]), times.parse(r[5]),
-                Quality(r[6]), _scan_values(r[7]),
-            )
-            for r in rows
-        ]  # fmt: skip
+        return [(int(r[0]), r[1], times.parse(r[2]), times.parse(r[3])) for r in rows]
 
     async def last_reading_id(self) -> int:
         rows = await self._spool._fetch("SELECT coalesce(max(id), 0) FROM readings")

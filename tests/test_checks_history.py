@@ -17,10 +17,13 @@ from typing import Any
 import pytest
 
 from gateway.checks import HistoryCache, history_of, spans
-from gateway.checks.history import KEPT
+from gateway.checks import history as history_module
+from gateway.checks.history import KEPT, Verified
+from gateway.checks.series import verified_days
+from gateway.config import Edition
 from spool import ChecksStore, Quality, Reading, ReadingKind, ReadingValue, Spool
 
-from .test_checks_rules import at, row
+from .test_checks_rules import ZONE, at, row
 
 A, B = "000000000001", "000000000002"
 NOW = at(3)
@@ -113,7 +116,9 @@ async def test_meters_share_names_midnights_and_offsets(spool: Spool) -> None:
     )  # fmt: skip
     cache = HistoryCache(ChecksStore(spool), spans(30, 24))
     assert await cache.refresh(NOW) == 2
-    a, b = cache.meters[A].frozen[0], cache.meters[B].frozen[0]
+    assert cache.meters[A].frozen == []  # in the spool until read back
+    async with cache.loaded([A, B], NOW):
+        a, b = cache.meters[A].frozen[0], cache.meters[B].frozen[0]
     assert a.time == b.time == midnight
     assert a.time is b.time
     assert a.read != b.read
@@ -126,3 +131,46 @@ async def test_meters_share_names_midnights_and_offsets(spool: Spool) -> None:
         Decimal("101.25"),
     )
     assert a.values["reverse_active_total"] == Decimal("0.00")
+
+
+async def test_the_month_stays_in_the_spool_until_read_back_and_ages_out_there(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history_module, "_WARM", 1)
+    await spool.write_readings(
+        [
+            reading(m, at(d), at(d, minute=5), forward_active_total=Decimal(f"{d}.5"))
+            for m in (A, B)
+            for d in (0, 1, 2)
+        ]
+    )
+    cache = HistoryCache(ChecksStore(spool), spans(2, 24))
+    assert await cache.refresh(at(2, 1)) == 4  # day 0 is more than two days back
+    a, b = cache.meters[A], cache.meters[B]
+    assert (a.frozen, a.held, a.empty) == ([], False, False)
+    assert (a.newest, a.last_read) == (at(2), at(2, 0, 5))
+    version = a.version
+    async with cache.loaded([A], at(2, 1)):
+        assert [s.time for s in a.frozen] == [at(1), at(2)]
+        assert verified_days(a, Edition.V2007, ZONE) is not None
+    async with cache.loaded([B], at(2, 1)):
+        assert [s.dec("forward_active_total") for s in b.frozen] == [Decimal("1.5"), Decimal("2.5")]
+    # One meter stays held (the last one read back): a new row joins its samples; the other
+    # let its samples go, keeping its verified days, and is only told something changed.
+    assert (a.held, a.frozen, a.version) == (False, [], version)
+    assert [s.time for s in b.frozen] == [at(1), at(2)]
+    days = verified_days(a, Edition.V2007, ZONE)
+    assert days is not None
+    assert days.get(at(1).date()) == Verified(at(1, 0, 5), Decimal("1.5"))
+    await spool.write_readings(
+        [reading(m, at(3), at(3, minute=5), forward_active_total=Decimal("3.5")) for m in (A, B)]
+    )
+    assert await cache.refresh(at(3, 1)) == 2
+    assert a.version == version + 2  # the new row, and day 1 aging out in the spool
+    assert (a.frozen, a.newest) == ([], at(3))
+    assert [s.time for s in b.frozen] == [at(2), at(3)]
+    async with cache.loaded([A], at(3, 1)):
+        assert [s.dec("forward_active_total") for s in a.frozen] == [Decimal("2.5"), Decimal("3.5")]
+    # Everything aged out: the released meter has nothing left, and says so.
+    cache.trim(at(6))
+    assert (b.held, b.frozen, b.empty) == (False, [], True)

@@ -26,6 +26,7 @@ import pytest_asyncio
 from drivers.clock import ManualClock
 from gateway.checks import Checker
 from gateway.checks import checker as checker_module
+from gateway.checks import history as history_module
 from gateway.collector.collector import Collector
 from gateway.config import Config
 from protocols.bcd import Address
@@ -471,7 +472,7 @@ async def test_meters_judged_in_chunks_decide_as_all_at_once(
         for size in (1, 7, 10_000):
             monkeypatch.setattr(checker_module, "_METER_CHUNK", size)
             checker._decided.clear()
-            ev = checker.evaluate(now, [])
+            ev = await checker.evaluate(now, [])
             outcomes.append((ev.findings, ev.decided.raises, ev.decided.clears, ev.judged))
     finally:
         checker._decided.update(decided)
@@ -479,3 +480,29 @@ async def test_meters_judged_in_chunks_decide_as_all_at_once(
     raised = {(a.meter, a.type) for a in outcomes[0][1]}
     assert ("000000002012", "overdraft") in raised
     assert len(outcomes[0][3]) == len(run.config.meter)
+
+
+async def _cold_evaluation(run: Run, now: dt.datetime) -> tuple[Any, ...]:
+    """A fresh checker's judgement of every meter at ``now`` against no stored alarms."""
+    checker = Checker(run.config, run.spool, run.checker.clock)
+    await checker._load(now)
+    checker._losses.clear()  # every day's line loss computed again, not read back
+    await checker.cache.refresh(now)
+    ev = await checker.evaluate(now, [])
+    return ev.findings, ev.decided.raises, ev.decided.clears, ev.rates, ev.losses, ev.judged
+
+
+async def test_history_read_back_from_the_spool_judges_as_history_held_in_memory(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Daily frozen values and counters stay in the spool and are read back per chunk of
+    # meters; held in memory instead (as every kind once was), every day judges the same.
+    nows = [d(n, 12) for n in (2, 4, 6)]
+    monkeypatch.setattr(checker_module, "_METER_CHUNK", 7)
+    from_spool = [await _cold_evaluation(run, now) for now in nows]
+    monkeypatch.setattr(history_module, "LONG", frozenset())
+    held = [await _cold_evaluation(run, now) for now in nows]
+    assert from_spool == held
+    assert all(e[0] for e in held)  # findings
+    assert any(e[1] for e in held)  # raises
+    assert any(e[4] for e in held)  # line loss

@@ -1,11 +1,12 @@
 """The :class:`Checker`: runs every enabled rule over the spool and persists what follows.
 
 One run (:meth:`Checker.run_once`): read what the collector wrote since the last run into the
-in-memory history, evaluate the meter rules, the district rules (collection rate, line loss),
-the archive rule and the prepaid ledgers, then raise and clear alarms in one transaction
-(:mod:`.lifecycle` decides, :class:`spool.ChecksStore` records; the uplink publishes them on
-``alarms``). District results go to the ``events`` stream. Running twice over the same data at
-the same time changes nothing the second time.
+in-memory history (the month of daily values and counters stays in the spool and is read back
+for the meters judged, a chunk at a time; see :mod:`.history`), evaluate the meter rules, the
+district rules (collection rate, line loss), the archive rule and the prepaid ledgers, then raise
+and clear alarms in one transaction (:mod:`.lifecycle` decides, :class:`spool.ChecksStore`
+records; the uplink publishes them on ``alarms``). District results go to the ``events``
+stream. Running twice over the same data at the same time changes nothing the second time.
 
 :meth:`Checker.run` repeats that after the collector writes (at most every ``min_interval_s``)
 and at least every ``interval_s``, on the injected clock, until :meth:`stop`.
@@ -50,13 +51,14 @@ from .lifecycle import Transitions, decide_all
 from .model import Finding
 from .prepaid import AccountStatus, Ledgers
 from .rules_collection import UNKNOWN_METER_EVENT, archive, collection_rate, missed_reading
+from .series import verified_days
 
 log = logging.getLogger("amigw.checks")
 
 _WATCH: Final = "watch/"
-#: meters whose findings are built and decided together: a first run's findings of every meter
-#: at once held more memory than the history they come from
-_METER_CHUNK: Final = 200
+#: meters whose long history is read back, judged and decided together: a first run's findings
+#: of every meter at once held more memory than the history they come from
+_METER_CHUNK: Final = 25
 EVENT_SOURCE: Final = lineloss.EVENT_SOURCE
 
 
@@ -148,6 +150,8 @@ class Checker:
         self._losses: dict[tuple[str, dt.date], LineLossResult] = {}
         #: per meter, the history version whose rule findings are committed
         self._decided: dict[str, int] = {}
+        #: per prepaid meter, the history version whose balance entries are posted
+        self._planned: dict[str, int] = {}
         self._published: set[tuple[str, dt.date]] = set()
         self._stop = asyncio.Event()
         self._raised: Counter[str] = Counter()
@@ -257,7 +261,18 @@ class Checker:
         histories = self.cache.meters
         posted = 0
         if enabled(s, "prepaid") and self.ledgers.books:
-            posted = await self.ledgers.update(histories, now)
+            # A meter whose history did not change since its entries were posted has nothing
+            # new to charge (every verified value after its charge point was posted).
+            versions = {
+                m.address: h.version
+                for book in self.ledgers.books.values()
+                for m in book.meters
+                if (h := histories.get(m.address)) is not None
+            }
+            changed = [a for a, v in versions.items() if self._planned.get(a) != v]
+            async with self.cache.loaded(changed, now):
+                posted = await self.ledgers.update(histories, now)
+            self._planned.update(versions)
             self.ledgers.trim(now - dt.timedelta(days=s.history_days))
         reports: list[Event] = []
         if enabled(s, "archive"):
@@ -269,7 +284,7 @@ class Checker:
         )
         if enabled(s, "relay"):
             self._relay = await CommandsStore(self.spool).relay_commands()
-        ev = self.evaluate(now, stored, reports)
+        ev = await self.evaluate(now, stored, reports)
         decided, rates, losses = ev.decided, ev.rates, ev.losses
         events = [e for _, e in rates] + [lineloss.event_of(r, self.zone) for r in losses]
         new_events = await self.spool.write_events(events) if events else 0
@@ -303,13 +318,14 @@ class Checker:
             )  # fmt: skip
         return report
 
-    def evaluate(
+    async def evaluate(
         self, now: dt.datetime, stored: Sequence[AlarmState], reports: Sequence[Event] = ()
     ) -> Evaluation:
-        """The CPU-bound part of a run, without I/O: every enabled rule over the history in
-        memory, the district books, the prepaid judgements, and the alarm decisions against
-        ``stored``. Meters whose findings are already committed for their current history
-        are skipped (clear ``_decided`` to judge them all)."""
+        """The CPU-bound part of a run, writing nothing: every enabled rule over the history
+        (the long-span part read back from the spool chunk by chunk), the district books, the
+        prepaid judgements, and the alarm decisions against ``stored``. Meters whose findings
+        are already committed for their current history are skipped (clear ``_decided`` to
+        judge them all)."""
         s = self.settings
         histories = self.cache.meters
         ctx = Context(
@@ -320,17 +336,26 @@ class Checker:
         decided = Transitions()
         judged: dict[str, int] = {}
         found = 0
+        # Each finding is decided on its own, so deciding the meters chunk by chunk, then
+        # the rest, gives the same transitions in the same order as all at once.
+        meters = self.config.meter
+        for i in range(0, len(meters), _METER_CHUNK):
+            chunk = meters[i : i + _METER_CHUNK]
+            stale = [
+                m.address
+                for m in chunk
+                if (h := histories.get(m.address)) is not None
+                and self._decided.get(m.address) != h.version
+            ]
+            async with self.cache.loaded(stale, now):
+                with _gc_paused():
+                    findings: list[Finding] = []
+                    judged.update(self._meter_findings(chunk, histories, ctx, findings))
+                    decided.extend(
+                        decide_all((f for f in findings if f.type in types), stored, now)
+                    )
+                    found += len(findings)
         with _gc_paused():
-            # Each finding is decided on its own, so deciding the meters chunk by chunk, then
-            # the rest, gives the same transitions in the same order as all at once.
-            meters = self.config.meter
-            for i in range(0, len(meters), _METER_CHUNK):
-                findings: list[Finding] = []
-                judged.update(
-                    self._meter_findings(meters[i : i + _METER_CHUNK], histories, ctx, findings)
-                )
-                decided.extend(decide_all((f for f in findings if f.type in types), stored, now))
-                found += len(findings)
             findings = []
             rates, losses = self._districts(ctx, findings)
             if enabled(s, "archive"):
@@ -360,6 +385,8 @@ class Checker:
             if history is not None and self._decided.get(meter.address) != history.version:
                 out.extend(evaluate_meter(history, meter, ctx, rules))
                 judged[meter.address] = history.version
+                # What the district rules read of it once its samples went back to the spool.
+                verified_days(history, meter.edition, ctx.zone)
             if missed:
                 out.extend(missed_reading(history, meter, ctx))
         return judged

@@ -3,25 +3,36 @@
 The collector files several DIs read in one session under one data time (a real-time snapshot
 is energy, voltage, current and power; a status read is two words), so rows are merged by
 ``(meter, kind, data time)`` into one :class:`Sample` holding only the value names some rule
-reads. Each kind is kept for its own span (:func:`spans`): daily frozen values and event
-counters for the whole history (the rolling median; counter pairs across days a meter did not
-answer), real-time snapshots for hours, the once-a-day clock, status and prepaid reads for a
-couple of days. That is most of the checks' memory, so samples share what repeats (value
-names, layouts, data times) and hold decimals packed (see :class:`Layout`).
+reads. Each kind is judged over its own span (:func:`spans`): daily frozen values and event
+counters over the whole history (the rolling median; counter pairs across days a meter did not
+answer), real-time snapshots over hours, the once-a-day clock, status and prepaid reads over a
+couple of days. Samples share what repeats (value names, layouts, data times) and hold
+decimals packed (see :class:`Layout`).
+
+The short-span kinds stay in memory. The long-span ones (:data:`LONG`, a month of every
+meter: they were most of the checks' memory) stay in the spool: :meth:`HistoryCache.refresh`
+only notes which meters they changed (bumping the history's version), and the checker reads a
+chunk of meters' long history back (:meth:`HistoryCache.loaded`) to judge them, then lets it
+go, keeping only what the district rules read every run: each day's verified value, compact
+(:class:`VerifiedDays`). The last few dozen meters judged stay held a while (a refresh adds
+their new rows): a meter's items of the day arrive over a few minutes, each one a new version
+of its history to judge, and reading the month back each time cost more than judging it.
 
 :meth:`HistoryCache.refresh` reads only rows with an id above the last one it saw (ids only
 grow), so a run after a collection pass costs what that pass wrote. Late rows (a back-filled
-day) are inserted in time order. Rows evicted from the spool stay in memory until they age
-out, which is harmless: they were true when read.
+day) are inserted in time order. Short-span rows evicted from the spool stay in memory until
+they age out, which is harmless: they were true when read.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import struct
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from array import array
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Context, Decimal
 from typing import Any, Final, TypeVar, cast
@@ -53,11 +64,18 @@ KEPT: Final[Mapping[ReadingKind, frozenset[str]]] = {
         {"remaining_amount", "overdraft_amount", "remaining_energy", "overdraft_energy"}
     ),
 }  # fmt: skip
+#: the kinds judged over the whole history, read from the spool per chunk of meters
+LONG: Final = frozenset({ReadingKind.DAILY_FROZEN, ReadingKind.EVENT_COUNTER})
+_LONG_NAMES: Final = frozenset().union(*(KEPT[k] for k in LONG))
 #: once-a-day snapshots are kept this long: two reads, with a day's slack
 DAILY_SNAPSHOT_SPAN: Final = dt.timedelta(hours=60)
 #: rows per scan page: a page's rows and their parsed values are alive at once, so this bounds
 #: the transient memory of a refresh (a bigger page saves little: the scan walks the id index)
-_PAGE: Final = 5_000
+_PAGE: Final = 2_000
+#: meters whose long-span rows are read back in one query: some 1,200 rows, under a page
+_LOAD_METERS: Final = 8
+#: meters whose long-span samples stay held after they were judged (under a megabyte)
+_WARM: Final = 40
 T = TypeVar("T")
 
 # A sample's values are held in the kind's canonical name order, described by a shared
@@ -253,6 +271,100 @@ def _key(sample: Sample) -> dt.datetime:
     return sample.time
 
 
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_US: Final = dt.timedelta(microseconds=1)
+_OFFSETS: dict[int, dt.tzinfo] = {}
+
+
+def _zone_of(offset_s: int) -> dt.tzinfo:
+    found = _OFFSETS.get(offset_s)
+    if found is None:
+        found = _OFFSETS[offset_s] = dt.timezone(dt.timedelta(seconds=offset_s))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A day's verified daily value as the district rules read it: when it was read, and its
+    forward active total (``None`` if the value carried none)."""
+
+    read: dt.datetime
+    forward_total: Decimal | None
+
+
+class VerifiedDays:
+    """Each local day's verified daily value of one meter (see
+    :func:`~gateway.checks.series.verified_by_day`), kept between runs while the samples it
+    comes from stay in the spool: per day a read time (microseconds and UTC offset) and the
+    forward total as a packed coefficient, some 30 bytes a day against a few hundred for a
+    sample. Valid for the history ``version`` it was built from."""
+
+    __slots__ = ("_first", "_odd", "_offsets", "_places", "_reads", "_totals", "key", "version")
+
+    def __init__(
+        self, by_day: Mapping[dt.date, Sample], key: tuple[object, ...], version: int
+    ) -> None:
+        self.key = key
+        self.version = version
+        first = min(by_day, default=dt.date(1970, 1, 1)).toordinal()
+        n = max(by_day, default=dt.date(1970, 1, 1)).toordinal() - first + 1 if by_day else 0
+        self._first = first
+        self._reads = array("q", bytes(8 * n))
+        self._offsets = array("i", bytes(4 * n))
+        self._totals = array("q", bytes(8 * n))
+        #: per day: the total's places; _NONE: no value that day; _AS_IS: in ``_odd``
+        self._places = bytearray(b"\xff" * n)
+        self._odd: dict[int, Decimal] | None = None
+        for day, sample in by_day.items():
+            i = day.toordinal() - first
+            read = sample.read
+            offset = read.utcoffset()
+            self._reads[i] = (read - _EPOCH) // _US
+            self._offsets[i] = 0 if offset is None else offset // dt.timedelta(seconds=1)
+            total = sample.dec(FORWARD_TOTAL)
+            held, places = (None, _NO_TOTAL) if total is None else _pack(total)
+            if places == _AS_IS or (held is not None and not -(1 << 63) <= held < 1 << 63):
+                if self._odd is None:
+                    self._odd = {}
+                self._odd[i] = cast(Decimal, total)
+                places = _ODD
+            elif held is not None:
+                self._totals[i] = held
+            self._places[i] = places
+
+    def get(self, day: dt.date) -> Verified | None:
+        i = day.toordinal() - self._first
+        if not 0 <= i < len(self._places) or self._places[i] == _NONE:
+            return None
+        read = (_EPOCH + self._reads[i] * _US).astimezone(_zone_of(self._offsets[i]))
+        return Verified(read, self._total(i))
+
+    def totals(self) -> dict[dt.date, Decimal]:
+        """Each day's forward total, for the days that have one."""
+        out = {}
+        for i, places in enumerate(self._places):
+            if places not in (_NONE, _NO_TOTAL):
+                total = self._total(i)
+                assert total is not None
+                out[dt.date.fromordinal(self._first + i)] = total
+        return out
+
+    def _total(self, i: int) -> Decimal | None:
+        places = self._places[i]
+        if places == _NO_TOTAL:
+            return None
+        if places == _ODD:
+            assert self._odd is not None
+            return self._odd[i]
+        return Decimal(self._totals[i]).scaleb(-places, _EXACT)
+
+
+# Markers in VerifiedDays' places (a DI's places are a handful).
+_NONE: Final = 0xFF
+_NO_TOTAL: Final = 0xFE
+_ODD: Final = 0xFD
+
+
 @dataclass(slots=True)
 class MeterHistory:
     """One meter's recent samples per kind, each list in data-time order."""
@@ -264,6 +376,14 @@ class MeterHistory:
     #: the latest read time of anything this meter said (kept when its samples age out)
     last_read: dt.datetime | None = None
     derived: dict[str, tuple[int, object]] = field(default_factory=dict)
+    #: whether the long-span kinds are in ``series`` (always, unless a cache lets them go)
+    held: bool = True
+    #: the latest data time of a long-span row within its span (while not held)
+    newest: dt.datetime | None = None
+    #: when the oldest long-span sample read back ages out (while not held; ``None``: unknown)
+    expires: dt.datetime | None = None
+    #: the verified days the district rules read (see :class:`VerifiedDays`)
+    days: VerifiedDays | None = None
 
     def memo(self, key: str, make: Callable[[], T]) -> T:
         """``make()``, computed once per version of this history (rules share derivations)."""
@@ -304,6 +424,23 @@ class MeterHistory:
         sample._merge(packed, row.quality)
         series.insert(i, sample)
 
+    def release(self, kinds: Collection[ReadingKind]) -> None:
+        """Let go of the samples of ``kinds`` and of everything derived from the series."""
+        for kind in kinds:
+            self.series.pop(kind, None)
+        self.derived.clear()
+        self.held = False
+
+    def touch(self, data_time: dt.datetime, read_time: dt.datetime, span: dt.timedelta) -> None:
+        """A long-span row was written (its values stay in the spool until read back)."""
+        self.version += 1
+        if self.last_read is None or read_time > self.last_read:
+            self.last_read = read_time
+        if self.newest is None or data_time > self.newest:
+            self.newest = data_time
+        if self.expires is not None:
+            self.expires = min(self.expires, data_time + span)
+
     def trim(self, kind: ReadingKind, before: dt.datetime) -> None:
         series = self.series.get(kind)
         if series:
@@ -314,7 +451,7 @@ class MeterHistory:
 
     @property
     def empty(self) -> bool:
-        return not any(self.series.values())
+        return not any(self.series.values()) and (self.held or self.newest is None)
 
 
 def history_of(meter: str, rows: Iterable[ScanRow]) -> MeterHistory:
@@ -348,22 +485,28 @@ class HistoryCache:
         self.meters: dict[str, MeterHistory] = {}
         self.last_id = 0
         self.rows = 0
+        #: meters held after their block (least recently judged first)
+        self._warm: dict[str, None] = {}
 
     def get(self, meter: str) -> MeterHistory:
         history = self.meters.get(meter)
         if history is None:
-            history = self.meters[meter] = MeterHistory(meter)
+            history = self.meters[meter] = MeterHistory(meter, held=False)
         return history
 
     async def refresh(self, now: dt.datetime) -> int:
-        """Read what was written since the last refresh; drop what aged out. Return rows read."""
+        """Read what was written since the last refresh (the long-span kinds only noted);
+        drop what aged out. Return rows read."""
         top = await self._store.last_reading_id()
         read = 0
         groups: dict[dt.timedelta, list[ReadingKind]] = {}
         for kind, span in self.spans.items():
-            groups.setdefault(span, []).append(kind)
+            if kind not in LONG:
+                groups.setdefault(span, []).append(kind)
         # Every scan stops at the same id, so a row written between two scans waits for the
         # next refresh instead of being skipped.
+        for kind in LONG & self.spans.keys():
+            read += await self._touch(kind, top, now)
         for span, kinds in groups.items():
             after = self.last_id
             while after < top:
@@ -381,7 +524,125 @@ class HistoryCache:
         self.trim(now)
         return read
 
+    async def _touch(self, kind: ReadingKind, top: int, now: dt.datetime) -> int:
+        """New rows of a long-span kind: the held meters take them (values read), the others
+        only note them."""
+        span = self.spans[kind]
+        after = self.last_id
+        read = 0
+        while after < top:
+            if self._warm:
+                rows = await self._store.scan_readings(
+                    after_id=after, until_id=top, kinds=[kind], since=now - span, limit=_PAGE
+                )
+                for row in rows:
+                    history = self.get(row.meter)
+                    if history.held:
+                        history.add(row)
+                    else:
+                        history.touch(row.data_time, row.read_time, span)
+                last, n = (rows[-1].id if rows else top), len(rows)
+            else:
+                touched = await self._store.scan_touched(
+                    after_id=after, until_id=top, kinds=[kind], since=now - span, limit=_PAGE
+                )
+                for _, meter, data_time, read_time in touched:
+                    self.get(meter).touch(data_time, read_time, span)
+                last, n = (touched[-1][0] if touched else top), len(touched)
+            read += n
+            if n < _PAGE:
+                break
+            after = last
+        return read
+
     def trim(self, now: dt.datetime) -> None:
+        longest = max((self.spans[k] for k in LONG & self.spans.keys()), default=None)
         for history in self.meters.values():
             for kind, span in self.spans.items():
                 history.trim(kind, now - span)
+            # What is in the spool ages out as it would in memory: the history changes.
+            if not history.held and history.expires is not None and history.expires < now:
+                history.version += 1
+                history.expires = None
+            if history.newest is not None and (longest is None or history.newest < now - longest):
+                history.newest = None
+
+    @contextlib.asynccontextmanager
+    async def loaded(self, meters: Collection[str], now: dt.datetime) -> AsyncIterator[None]:
+        """The long-span samples of ``meters`` read back from the spool into their histories
+        (as of the last refresh) for the duration of the block. After it, the last
+        ``_WARM`` meters stay held (a refresh adds their new rows); the others let them go,
+        with the values derived from them (only :attr:`MeterHistory.days` stays)."""
+        chosen = [m for m in meters if m in self.meters]
+        cold = [m for m in chosen if not self.meters[m].held]
+        try:
+            await self._load(cold, now)
+        except BaseException:
+            # Half read back: let it go as it was (expires and newest were left as they are).
+            for meter in cold:
+                self._warm.pop(meter, None)
+                self.meters[meter].release(LONG)
+            raise
+        try:
+            yield
+        finally:
+            # The meters judged last stay held a while: a meter's items of the day arrive
+            # over a few minutes, and each would otherwise read its month back again.
+            for meter in chosen:
+                self._warm.pop(meter, None)
+                self._warm[meter] = None
+            while len(self._warm) > _WARM:
+                self._release(next(iter(self._warm)))
+
+    def _release(self, meter: str) -> None:
+        """Let a held meter's long-span samples go back to the spool, noting when the oldest
+        ages out and the newest data time."""
+        self._warm.pop(meter, None)
+        history = self.meters[meter]
+        kinds = LONG & self.spans.keys()
+        held = [(kind, series) for kind in kinds if (series := history.series.get(kind))]
+        history.expires = min((s[0].time + self.spans[k] for k, s in held), default=None)
+        history.newest = max((s[-1].time for _, s in held), default=None)
+        history.release(kinds)
+
+    def _attach(self, rows: list[ScanRow], now: dt.datetime) -> None:
+        """Rows read back from the spool (which a refresh already counted: no new version)
+        into their histories, each sample built once from every row of its data time, as
+        :meth:`MeterHistory.add` would have merged them in id order."""
+        merged: dict[tuple[str, ReadingKind, dt.datetime], list[Any]] = {}
+        for row in rows:
+            if row.data_time < now - self.spans[row.kind]:
+                continue
+            canonical = _CANONICAL[row.kind]
+            packed = {canonical[k]: _pack(v) for k, v in row.values.items() if k in canonical}
+            key = (row.meter, row.kind, row.data_time)
+            got = merged.get(key)
+            if got is None:
+                merged[key] = [row.quality, row.read_time, packed]
+                continue
+            if FORWARD_TOTAL in packed:
+                got[0] = row.quality
+            got[1] = max(got[1], row.read_time)
+            got[2].update(packed)
+        for (meter, kind, time), (quality, read, packed) in merged.items():
+            sample = Sample(time, read, quality, {})
+            sample._merge(packed, quality)
+            self.meters[meter].series.setdefault(kind, []).append(sample)
+        for meter, kind in {(m, k) for m, k, _ in merged}:
+            self.meters[meter].series[kind].sort(key=_key)
+
+    async def _load(self, meters: list[str], now: dt.datetime) -> None:
+        kinds = LONG & self.spans.keys()
+        for history in map(self.meters.__getitem__, meters):
+            history.held = True
+        if not kinds or not meters:
+            return
+        since = now - max(self.spans[k] for k in kinds)
+        # A few meters per query, so the rows parsed at once stay a page or so.
+        for i in range(0, len(meters), _LOAD_METERS):
+            chunk = meters[i : i + _LOAD_METERS]
+            rows = await self._store.scan_meters(
+                chunk, kinds=kinds, since=since, until_id=self.last_id, names=_LONG_NAMES
+            )
+            self._attach(rows, now)
+            del rows

@@ -28,7 +28,7 @@ from spool import Event, JSONValue, LineLossResult, LineLossState
 from .context import Context, District, settings_of
 from .history import MeterHistory
 from .model import Finding, Observation
-from .series import FWD, local_day_start, state_of, verified_by_day
+from .series import local_day_start, state_of, verified_days
 
 RATE_PLACES: Final = Decimal("0.000001")
 EVENT_SOURCE: Final = "checks"
@@ -55,11 +55,8 @@ def _totals(
         return _NOTHING
     found = cache.get(meter.address)
     if found is None:
-        found = cache[meter.address] = {
-            d: v
-            for d, s in verified_by_day(h, meter.edition, zone).items()
-            if (v := s.dec(FWD)) is not None
-        }
+        days = verified_days(h, meter.edition, zone)
+        found = cache[meter.address] = _NOTHING if days is None else days.totals()
     return found
 
 

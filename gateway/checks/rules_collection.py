@@ -20,9 +20,9 @@ from gateway.config import Config, MeterConfig
 from spool import Event, JSONValue
 
 from .context import Context, District, settings_of
-from .history import MeterHistory, Sample
+from .history import MeterHistory, Verified
 from .model import Finding, Observation, State
-from .series import FWD, local_day_start, verified_by_day
+from .series import FWD, local_day_start, verified_days
 
 #: the spool event type a bus or PLC driver writes for a reply from an address not configured
 UNKNOWN_METER_EVENT = "unknown_meter"
@@ -31,11 +31,10 @@ _MISSING_SHOWN = 100
 
 def verified_value(
     h: MeterHistory | None, meter: MeterConfig, day: dt.date, zone: dt.tzinfo
-) -> Sample | None:
-    """The verified daily value of ``day`` (see :func:`verified_by_day`), if read."""
-    if h is None:
-        return None
-    return verified_by_day(h, meter.edition, zone).get(day)
+) -> Verified | None:
+    """The verified daily value of ``day`` (see :func:`verified_days`), if read."""
+    days = None if h is None else verified_days(h, meter.edition, zone)
+    return None if days is None else days.get(day)
 
 
 @functools.lru_cache(maxsize=8)
@@ -71,7 +70,7 @@ def missed_reading(h: MeterHistory | None, meter: MeterConfig, ctx: Context) -> 
         if value is None or value.read > deadline:
             obs.append(Observation(deadline, State.ABNORMAL, evidence, since=start))
         if value is not None:
-            arrived = {**evidence, "read": value.read.isoformat(), FWD: value.dec(FWD)}
+            arrived = {**evidence, "read": value.read.isoformat(), FWD: value.forward_total}
             obs.append(Observation(max(value.read, start), State.NORMAL, arrived, since=start))
         out.append(Finding(meter.address, "missed_reading", obs, settings_of(cfg), keyed=True))
     return out

@@ -20,7 +20,7 @@ from typing import Final
 from gateway.config import Edition
 from spool import JSONValue, Quality
 
-from .history import MeterHistory, Sample
+from .history import MeterHistory, Sample, VerifiedDays
 from .model import Observation, State
 
 FWD: Final = "forward_active_total"
@@ -80,6 +80,20 @@ def verified_by_day(h: MeterHistory, edition: Edition, zone: dt.tzinfo) -> dict[
         return out
 
     return h.memo(f"verified/{edition.value}", make)
+
+
+def verified_days(h: MeterHistory, edition: Edition, zone: dt.tzinfo) -> VerifiedDays | None:
+    """:func:`verified_by_day` in the compact form the district rules read every run: built
+    while the daily frozen values are in memory, kept after they went back to the spool (a
+    history whose samples changed since is judged, so read back, before it is asked)."""
+    key = (edition, zone)
+    found = h.days
+    if found is not None and found.key == key and (found.version == h.version or not h.held):
+        return found
+    if not h.held:
+        return None
+    found = h.days = VerifiedDays(verified_by_day(h, edition, zone), key, h.version)
+    return found
 
 
 @functools.lru_cache(maxsize=4096)
