@@ -66,10 +66,14 @@ def parse(out: bytes) -> tuple[set[int], set[int]]:
     return committed, acked
 
 
-async def next_batch(path: Path) -> int:
+async def scalar(path: Path, sql: str) -> int:
     async with aiosqlite.connect(path) as conn:
-        rows = list(await conn.execute_fetchall("SELECT count(DISTINCT data_epoch) FROM readings"))
+        rows = list(await conn.execute_fetchall(sql))
     return int(rows[0][0])
+
+
+async def next_batch(path: Path) -> int:
+    return await scalar(path, "SELECT count(DISTINCT data_epoch) FROM readings")
 
 
 async def test_sigkill_during_ingest_and_drain_loses_nothing(
@@ -145,9 +149,7 @@ async def test_sigkill_during_ingest_and_drain_loses_nothing(
 
 
 async def prepared_rows(path: Path) -> int:
-    async with aiosqlite.connect(path) as conn:
-        rows = list(await conn.execute_fetchall("SELECT count(*) FROM outbox_prepared"))
-    return int(rows[0][0])
+    return await scalar(path, "SELECT count(*) FROM outbox_prepared")
 
 
 async def test_sigkill_while_preparing_during_an_outage_loses_nothing(

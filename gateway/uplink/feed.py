@@ -158,9 +158,7 @@ class Feed:
                 if not pending:
                     if self.stop.is_set():
                         return
-                    # Far enough ahead of the sender: wait until it takes some.
-                    self._taken.clear()
-                    await first_of(self._taken.wait(), self.stop.wait())
+                    await self._wait_taken()
                     continue
                 batches = await pending[0][0]
                 pending.popleft()
@@ -194,9 +192,7 @@ class Feed:
                 if not pending:
                     if self.stop.is_set():
                         return
-                    # Far enough ahead of the sender: wait until it takes some.
-                    self._taken.clear()
-                    await first_of(self._taken.wait(), self.stop.wait())
+                    await self._wait_taken()
                     continue
                 call = pending[0]
                 take = await call.task
@@ -235,6 +231,11 @@ class Feed:
             self.acks.cutting = False
             for call in pending:
                 call.task.cancel()
+
+    async def _wait_taken(self) -> None:
+        """Far enough ahead of the sender: wait until it takes some (or stopping)."""
+        self._taken.clear()
+        await first_of(self._taken.wait(), self.stop.wait())
 
     async def _render(self, refs: list[BatchRef]) -> list[Batch]:
         while True:
