@@ -274,6 +274,11 @@ class Outbox:
             spool.path, busy_timeout=DEFAULT_BUSY_TIMEOUT, name="amigw-outbox", setup=_SETUP
         )
         self._prepared = Prepared(spool.path)
+        # Prepared messages are read on a thread of their own: a read is a file read (and an
+        # index query), and must not wait behind an acknowledgement's fsync on the worker.
+        self._reader = Worker(
+            spool.path, busy_timeout=DEFAULT_BUSY_TIMEOUT, name="amigw-outbox-reader"
+        )
         # Batches this outbox prepared and has not handed out: their first send is no resend.
         self._fresh: set[int] = set()
 
@@ -286,6 +291,7 @@ class Outbox:
     async def close(self) -> None:
         """Stop the worker thread and close its connection (the spool's close does it too)."""
         await self._worker.close()
+        await self._reader.close()
         self._prepared.close()
 
     async def _call(self, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -456,7 +462,24 @@ class Outbox:
         if not refs:
             return []
         wanted = list(refs)
-        return await self._call(lambda conn: self._render(conn, wanted))
+        if self._envelope is None:
+            return await self._call(lambda conn: self._render(conn, wanted))
+        self._spool._require()
+        if self.close not in self._spool._dependents:
+            self._spool._dependents.append(self.close)
+        prepared, frame = self._prepared, self._frame
+        ready = await self._reader.call(lambda conn: prepared.load(conn, wanted, frame))
+        rest = [r for r in wanted if r.seq not in ready]
+        done: dict[int, Batch] = {}
+        if rest:
+            renderer = self._renderer
+            done = {b.seq: b for b in await self._call(lambda conn: renderer.render(conn, rest))}
+        return [
+            Batch(r, ready[r.seq][0], _NO_RECORDS, ready[r.seq][1])
+            if r.seq in ready
+            else done[r.seq]
+            for r in wanted
+        ]
 
     def first_send(self, seq: int) -> bool:
         """Whether batch ``seq`` was prepared by this outbox and not handed out before (then

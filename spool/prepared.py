@@ -45,7 +45,7 @@ import logging
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -87,7 +87,9 @@ def directory_of(spool_path: Path) -> Path:
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class Entry:
+    """Where one prepared message lies: its batch, segment, offset, size and records."""
+
     seq: int
     segment: int
     at: int
@@ -186,15 +188,27 @@ class Prepared:
 
         A batch whose bytes are missing or not as expected loses its index row (counted in
         :attr:`unreadable`, logged) and is left out, to be rendered from its records."""
+        ready, bad = self.read(refs, self.index(conn, refs), frame)
+        self.forget(conn, bad)
+        return ready
+
+    def index(self, conn: sqlite3.Connection, refs: Sequence[BatchRef]) -> dict[int, Entry]:
+        """Where the prepared messages of those of ``refs`` that have one lie (one query)."""
         if not refs:
             return {}
-        by_seq = {r.seq: r for r in refs}
-        (text,) = conn.execute(_INDEX, (json.dumps(list(by_seq)),)).fetchone()
+        (text,) = conn.execute(_INDEX, (json.dumps([r.seq for r in refs]),)).fetchone()
         numbers = [int(n) for n in str(text or "").split()]
-        entries = [_Entry(*numbers[i : i + 5]) for i in range(0, len(numbers), 5)]
+        return {numbers[i]: Entry(*numbers[i : i + 5]) for i in range(0, len(numbers), 5)}
+
+    def read(
+        self, refs: Sequence[BatchRef], index: Mapping[int, Entry], frame: Frame
+    ) -> tuple[dict[int, tuple[int, bytearray]], list[Entry]]:
+        """The messages of those of ``refs`` in ``index``, and the entries that could not be
+        read as expected. Only files are touched: any thread may call it."""
+        by_seq = {r.seq: r for r in refs}
         out: dict[int, tuple[int, bytearray]] = {}
-        bad: list[_Entry] = []
-        for run in _runs(entries):
+        bad: list[Entry] = []
+        for run in _runs(index[seq] for seq in by_seq if seq in index):
             try:
                 buffers = self._read(run)
             except OSError as exc:
@@ -214,19 +228,24 @@ class Prepared:
                     out[entry.seq] = (entry.records, message)
                 else:
                     bad.append(entry)
-        if bad:
-            self.unreadable += len(bad)
-            log.warning(
-                "%d prepared batch(es) not as written (first seq %d): rendering them again",
-                len(bad), bad[0].seq,
-            )  # fmt: skip
-            conn.execute(
-                "DELETE FROM outbox_prepared WHERE seq IN (SELECT value FROM json_each(?))",
-                (json.dumps([e.seq for e in bad]),),
-            )
-        return out
+        return out, bad
 
-    def _read(self, run: Sequence[_Entry]) -> list[bytearray | None]:
+    def forget(self, conn: sqlite3.Connection, bad: Sequence[Entry]) -> None:
+        """Count, log and drop the index rows of messages that were not as expected (their
+        batches are rendered from the records)."""
+        if not bad:
+            return
+        self.unreadable += len(bad)
+        log.warning(
+            "%d prepared batch(es) not as written (first seq %d): rendering them again",
+            len(bad), bad[0].seq,
+        )  # fmt: skip
+        conn.execute(
+            "DELETE FROM outbox_prepared WHERE seq IN (SELECT value FROM json_each(?))",
+            (json.dumps([e.seq for e in bad]),),
+        )
+
+    def _read(self, run: Sequence[Entry]) -> list[bytearray | None]:
         """The messages of a run of adjacent batches, each in a buffer of its own, read with
         as few ``preadv`` calls as the kernel allows; None for one the file ends inside."""
         buffers = [bytearray(e.size) for e in run]
@@ -286,9 +305,9 @@ def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
 
 
-def _runs(entries: Iterable[_Entry]) -> list[list[_Entry]]:
+def _runs(entries: Iterable[Entry]) -> list[list[Entry]]:
     """Entries grouped into runs that lie back to back in one segment (one read each)."""
-    runs: list[list[_Entry]] = []
+    runs: list[list[Entry]] = []
     for entry in sorted(entries, key=lambda e: (e.segment, e.at)):
         if runs:
             last = runs[-1][-1]
