@@ -254,6 +254,15 @@ class _Times:
 
 
 _KINDS: Final = {k.value: k for k in ReadingKind}
+#: the columns a ScanRow is made of, in its order
+_SCAN: Final = "SELECT id, meter, di, kind, data_time, read_time, quality, value_json FROM readings"
+
+
+def _marks(values: Sequence[object]) -> str:
+    """One bound parameter per value, for an ``IN (...)`` list."""
+    return ", ".join("?" * len(values))
+
+
 _QUALITIES: Final = {q.value: q for q in Quality}
 
 
@@ -543,11 +552,9 @@ class ChecksStore:
         wanted = sorted(ReadingKind(k).value for k in kinds)
         if not wanted:
             return []
-        marks = ", ".join("?" * len(wanted))
         # Only "?" marks are joined into the statement; every value is bound.
         sql = (
-            "SELECT id, meter, di, kind, data_time, read_time, quality, value_json FROM readings"  # noqa: S608
-            f" WHERE id > ? AND id <= ? AND data_epoch >= ? AND kind IN ({marks})"
+            f"{_SCAN} WHERE id > ? AND id <= ? AND data_epoch >= ? AND kind IN ({_marks(wanted)})"
             " ORDER BY id LIMIT ?"
         )
         top = (1 << 62) if until_id is None else until_id
@@ -572,13 +579,10 @@ class ChecksStore:
         chosen = sorted(meters)
         if not wanted or not chosen:
             return []
-        kind_marks = ", ".join("?" * len(wanted))
-        meter_marks = ", ".join("?" * len(chosen))
         # Only "?" marks are joined into the statement; every value is bound.
         sql = (
-            "SELECT id, meter, di, kind, data_time, read_time, quality, value_json FROM readings"  # noqa: S608
-            f" WHERE meter IN ({meter_marks}) AND data_epoch >= ? AND id <= ?"
-            f" AND kind IN ({kind_marks}) ORDER BY id"
+            f"{_SCAN} WHERE meter IN ({_marks(chosen)}) AND data_epoch >= ? AND id <= ?"
+            f" AND kind IN ({_marks(wanted)}) ORDER BY id"
         )
         rows = await self._spool._fetch(
             sql, (*chosen, codec.epoch_seconds_ceil(since), until_id, *wanted)
@@ -599,10 +603,9 @@ class ChecksStore:
         wanted = sorted(ReadingKind(k).value for k in kinds)
         if not wanted:
             return []
-        marks = ", ".join("?" * len(wanted))
         sql = (
             "SELECT id, meter, data_time, read_time FROM readings"  # noqa: S608
-            f" WHERE id > ? AND id <= ? AND data_epoch >= ? AND kind IN ({marks})"
+            f" WHERE id > ? AND id <= ? AND data_epoch >= ? AND kind IN ({_marks(wanted)})"
             " ORDER BY id LIMIT ?"
         )
         rows = await self._spool._fetch(

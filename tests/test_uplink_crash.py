@@ -160,7 +160,7 @@ async def test_sigkill_while_preparing_during_an_outage_loses_nothing(
     committed record arrives once, in order, from the segments or rendered again."""
     path = tmp_path / "spool.sqlite"
     async with Spool.connect(path):
-        pass
+        pass  # created and migrated once, so every trial starts from a spool
     rng = random.Random(0x5E6)
     dead = free_port()  # no broker listens here: the children prepare
     committed: set[int] = set()
